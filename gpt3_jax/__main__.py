@@ -1,0 +1,3 @@
+from gpt3_jax.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""The GPT-3 building blocks as Flax NNX modules: embedding, LayerNorm, attention, MLP, block.
+
+Weight names follow GPT-2 (``wte``, ``wpe``, ``ln_1``, ``attn.c_attn_w``, ``mlp.c_fc_w`` …) so that
+Hugging Face interchange is a rename table. Axes: see ``gpt3_jax.model``.
+Each module takes a ``ModelConfig`` and works on its own inside any other NNX model.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gpt3_jax.config import ModelConfig
+from gpt3_jax.model.attention import attend, causal_mask
+from gpt3_jax.sharding import constrain, param
+
+_zeros = jax.nn.initializers.zeros
+_ones = jax.nn.initializers.ones
+
+
+def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
+    """The dtype activations and matmuls run in; ``auto`` = bfloat16 off CPU, float32 on CPU."""
+    if cfg.dtype == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return jnp.dtype(cfg.dtype)
+
+
+def _normal(std: float) -> jax.nn.initializers.Initializer:
+    return jax.nn.initializers.normal(stddev=std)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when ``key`` is None (evaluation) or the rate is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the model axis, computed in float32."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.eps = cfg.layer_norm_eps
+        self.dtype = compute_dtype(cfg)
+        self.scale = param(rngs, _ones, (cfg.d_model,), ("norm",))
+        self.bias = param(rngs, _zeros, (cfg.d_model,), ("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    """Token and learned position embeddings; ``unembed`` reuses the token table (tied)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.dtype = compute_dtype(cfg)
+        self.wte = param(rngs, _normal(cfg.init_std), (cfg.padded_vocab, cfg.d_model), ("vocab", "embed"))
+        self.wpe = param(rngs, _normal(cfg.init_std), (cfg.n_ctx, cfg.d_model), ("position", "embed"))
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        """tokens, positions [b, t] int → [b, t, d]."""
+        x = jnp.take(self.wte[...], tokens, axis=0) + jnp.take(self.wpe[...], positions, axis=0)
+        return constrain(x.astype(self.dtype), ("act_batch", "act_len", "act_embed"))
+
+    def unembed(self, x: jax.Array) -> jax.Array:
+        """[b, t, d] → logits [b, t, v] in float32 (v is the padded vocabulary)."""
+        logits = jnp.einsum(
+            "btd,vd->btv", x, self.wte[...].astype(x.dtype), preferred_element_type=jnp.float32
+        )
+        return constrain(logits, ("act_batch", "act_len", "act_vocab"))
+
+
+class Attention(nnx.Module):
+    """Causal self-attention with a fused QKV projection; ``kind`` is ``dense`` or ``local``.
+
+    A ``local`` layer is GPT-3's locally banded attention: each query sees the ``local_window``
+    most recent positions, itself included.
+    """
+
+    def __init__(self, cfg: ModelConfig, kind: str = "dense", *, rngs: nnx.Rngs):
+        if kind not in ("dense", "local"):
+            raise ValueError(f"attention kind must be 'dense' or 'local', got {kind!r}")
+        d, n, h = cfg.d_model, cfg.n_head, cfg.d_head
+        self.kind = kind
+        self.window = cfg.local_window if kind == "local" else None
+        self.dtype = compute_dtype(cfg)
+        resid_std = cfg.init_std / (2 * cfg.n_layer) ** 0.5
+        self.c_attn_w = param(rngs, _normal(cfg.init_std), (d, 3, n, h), ("embed", "qkv", "heads", "head_dim"))
+        self.c_attn_b = param(rngs, _zeros, (3, n, h), ("qkv", "heads", "head_dim"))
+        self.c_proj_w = param(rngs, _normal(resid_std), (n, h, d), ("heads", "head_dim", "embed"))
+        self.c_proj_b = param(rngs, _zeros, (d,), ("embed",))
+
+    def qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """[b, t, d] → q, k, v, each [b, t, n, h]."""
+        w = self.c_attn_w[...].astype(self.dtype)
+        qkv = jnp.einsum("btd,dknh->kbtnh", x, w) + self.c_attn_b[...].astype(self.dtype)[:, None, None]
+        q, k, v = (constrain(a, ("act_batch", "act_len", "act_heads", None)) for a in qkv)
+        return q, k, v
+
+    def out(self, y: jax.Array) -> jax.Array:
+        """[b, t, n, h] → [b, t, d]."""
+        w = self.c_proj_w[...].astype(self.dtype)
+        return jnp.einsum("btnh,nhd->btd", y, w) + self.c_proj_b[...].astype(self.dtype)
+
+    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """x [b, t, d], positions [b, t] → [b, t, d]."""
+        q, k, v = self.qkv(x)
+        mask = causal_mask(positions, positions, self.window)[:, None]  # (b, 1, t, s)
+        return self.out(attend(q, k, v, mask))
+
+
+class MLP(nnx.Module):
+    """d → 4d → d with GELU (GPT-2's tanh approximation)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.d_ff
+        self.dtype = compute_dtype(cfg)
+        resid_std = cfg.init_std / (2 * cfg.n_layer) ** 0.5
+        self.c_fc_w = param(rngs, _normal(cfg.init_std), (d, f), ("embed", "mlp"))
+        self.c_fc_b = param(rngs, _zeros, (f,), ("mlp",))
+        self.c_proj_w = param(rngs, _normal(resid_std), (f, d), ("mlp", "embed"))
+        self.c_proj_b = param(rngs, _zeros, (d,), ("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = jnp.einsum("btd,df->btf", x, self.c_fc_w[...].astype(self.dtype))
+        h = jax.nn.gelu(h + self.c_fc_b[...].astype(self.dtype), approximate=True)
+        h = constrain(h, ("act_batch", "act_len", "act_mlp"))
+        return jnp.einsum("btf,fd->btd", h, self.c_proj_w[...].astype(self.dtype)) + self.c_proj_b[
+            ...
+        ].astype(self.dtype)
+
+
+class Block(nnx.Module):
+    """Pre-LayerNorm transformer block: two residual lines."""
+
+    def __init__(self, cfg: ModelConfig, kind: str = "dense", *, rngs: nnx.Rngs):
+        self.dropout = cfg.dropout
+        self.ln_1 = LayerNorm(cfg, rngs=rngs)
+        self.attn = Attention(cfg, kind, rngs=rngs)
+        self.ln_2 = LayerNorm(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
+        """x [b, t, d], positions [b, t] → [b, t, d]. ``dropout_key`` None = no dropout."""
+        k1, k2 = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+        x = x + dropout(self.attn(self.ln_1(x), positions), self.dropout, k1)
+        x = x + dropout(self.mlp(self.ln_2(x)), self.dropout, k2)
+        return constrain(x, ("act_batch", "act_len", "act_embed"))
