@@ -91,9 +91,7 @@ def save_params(
     mgr = manager(root, item_names=PARAMS_ONLY)
     mgr.save(
         step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(pure), config=ocp.args.JsonSave(cfg.to_dict())
-        ),
+        args=ocp.args.Composite(params=ocp.args.StandardSave(pure), config=ocp.args.JsonSave(cfg.to_dict())),
         force=True,
     )
     mgr.wait_until_finished()
@@ -103,7 +101,9 @@ def save_params(
     return root
 
 
-def abstract_params(cfg: Config, mesh: Mesh | None = None, rules: Any = None) -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_params(
+    cfg: Config, mesh: Mesh | None = None, rules: Any = None
+) -> tuple[nnx.GraphDef, nnx.State]:
     """The model's graph and abstract parameter state, with shardings on ``mesh`` when given."""
     from gpt3_jax import sharding
     from gpt3_jax.model import GPT

@@ -91,7 +91,9 @@ class Attention(nnx.Module):
         self.window = cfg.local_window if kind == "local" else None
         self.dtype = compute_dtype(cfg)
         resid_std = cfg.init_std / (2 * cfg.n_layer) ** 0.5
-        self.c_attn_w = param(rngs, _normal(cfg.init_std), (d, 3, n, h), ("embed", "qkv", "heads", "head_dim"))
+        self.c_attn_w = param(
+            rngs, _normal(cfg.init_std), (d, 3, n, h), ("embed", "qkv", "heads", "head_dim")
+        )
         self.c_attn_b = param(rngs, _zeros, (3, n, h), ("qkv", "heads", "head_dim"))
         self.c_proj_w = param(rngs, _normal(resid_std), (n, h, d), ("heads", "head_dim", "embed"))
         self.c_proj_b = param(rngs, _zeros, (d,), ("embed",))
@@ -146,9 +148,7 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(
-        self, x: jax.Array, positions: jax.Array, dropout_key: jax.Array | None = None
-    ) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         """x [b, t, d], positions [b, t] → [b, t, d]. ``dropout_key`` None = no dropout."""
         k1, k2 = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         x = x + dropout(self.attn(self.ln_1(x), positions), self.dropout, k1)

@@ -91,7 +91,9 @@ class GPT(nnx.Module):
             return constrain(x, ("act_batch", "act_len", "act_embed")), None
 
         if self.cfg.remat != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers)
+            body = jax.checkpoint(
+                body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers
+            )
         if self.cfg.scan_layers:
             x, _ = jax.lax.scan(body, x, (state, keys))
             return x
