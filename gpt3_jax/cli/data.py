@@ -1,0 +1,38 @@
+"""``gpt3-jax data prepare``: text → token shards + metadata, ready for training."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="prepare training data")
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    prep = sub.add_parser(
+        "prepare",
+        help="tokenize text files, folders or JSONL(.gz) into token shards",
+        description="Tokenize the inputs in parallel, join documents with the end-of-text id and write "
+        "memory-mappable token shards plus metadata.json to OUT.",
+    )
+    prep.add_argument("--input", nargs="+", required=True, metavar="PATH", help="text files, folders, JSONL")
+    prep.add_argument("--tokenizer", required=True, metavar="MODEL", help="a SentencePiece .model file")
+    prep.add_argument("--out", required=True, metavar="DIR", help="folder for the prepared data")
+    prep.add_argument(
+        "--val-fraction", type=float, default=0.01, metavar="F", help="tail held out for eval (0.01)"
+    )
+    prep.add_argument("--workers", type=int, default=None, metavar="N", help="tokenizer processes (CPUs)")
+    prep.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gpt3_jax.data import Tokenizer, list_inputs, prepare_data
+    from gpt3_jax.data.prepare import summary
+
+    tokenizer = Tokenizer.load(args.tokenizer)
+    files = list_inputs(args.input)
+    print(
+        summary(
+            prepare_data(files, tokenizer, args.out, val_fraction=args.val_fraction, workers=args.workers)
+        )
+    )
+    return 0
