@@ -1,0 +1,52 @@
+"""``gpt3-jax train CONFIG [section.key=value ...]``: train (or resume) a run in ``run.workdir``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gpt3_jax.cli.common import add_config_args, config_from_args
+
+HELP = """\
+Trains the config's model in run.workdir. If the workdir holds a checkpoint, the run resumes from
+the latest complete one (parameters, optimizer, step, RNG and data position), on whatever mesh
+this run has.
+
+Writes: WORKDIR/metrics.jsonl (one JSON line per train.log_every steps and per eval),
+TensorBoard events beside it, WORKDIR/checkpoints/<step>/ (every checkpoint.every steps and at
+the end), WORKDIR/checkpoints/tokenizer.model and WORKDIR/config.yaml.
+
+Exit codes: 0 done, or stopped by SIGTERM (a preemption: the step finished, a checkpoint was
+saved; run the same command again to continue); 130 stopped by SIGINT (Ctrl-C; saved likewise;
+press it twice to stop without saving); 2 bad config or input; 3 the loss became NaN/Inf (the
+last checkpoint on disk is from before it).
+
+Examples:
+  gpt3-jax train configs/tiny.yaml run.workdir=/tmp/tiny
+  gpt3-jax train configs/shakespeare-char.yaml data.input=../shared/data/tinyshakespeare.txt
+  gpt3-jax train configs/tiny.yaml train.init_from=runs/gpt2 run.workdir=runs/finetune
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model (resumes from the workdir's latest checkpoint)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gpt3_jax.training.loop import DivergedError, train
+
+    cfg = config_from_args(args)
+    try:
+        summary = train(cfg, progress=not args.no_progress)
+    except DivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 130 if summary["stopped_by"] == "SIGINT" else 0

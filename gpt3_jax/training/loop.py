@@ -1,0 +1,318 @@
+"""The trainer: ``train(cfg) -> summary``, what ``gpt3-jax train`` runs.
+
+One readable function: mesh and checks → data → state (resumed, fine-tuned or fresh, born
+sharded) → the jitted step in a loop → metrics, evals, checkpoints, a sample at the end.
+
+The host never waits for the device between steps except at log, eval and checkpoint steps:
+each step's metrics stay on device until then. Batches are pulled synchronously just before the
+step that uses them, so the data iterator's state saved with a checkpoint is exactly "the batches
+the saved parameters have seen", and a resume replays the same batches bit for bit.
+
+Stopping: SIGTERM or SIGINT finishes the current step, saves, and returns with ``stopped_by`` set
+(the CLI exits 0 after SIGTERM — a preemption is not a failure — and 130 after SIGINT). A second
+SIGINT kills at once. A NaN or Inf loss or gradient norm raises ``DivergedError`` before anything
+is saved from the bad state, so the last checkpoint on disk stays a good one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from gpt3_jax import checkpoint, sharding
+from gpt3_jax.config import Config, dump_config
+from gpt3_jax.errors import UserError
+from gpt3_jax.training.checkpointing import Checkpointer, load_init_params
+from gpt3_jax.training.metrics import MetricsWriter, mfu
+from gpt3_jax.training.optim import check_ramp, make_optimizer, ramp_micro_batches
+from gpt3_jax.training.state import abstract_state, init_state, model_graphdef_and_abstract, state_shardings
+from gpt3_jax.training.step import batch_shardings, jit_eval_step, jit_train_step
+
+
+class DivergedError(UserError):
+    """The loss or gradient norm became NaN/Inf; the CLI exits 3."""
+
+
+def check_batch(cfg: Config, dp: int) -> int:
+    """The micro-batch size in sequences; it must split evenly over ``dp`` data-parallel shards."""
+    t = cfg.train
+    micro = t.batch_size // t.micro_batches
+    if micro % dp:
+        raise UserError(
+            f"the micro-batch of train.batch_size={t.batch_size} / train.micro_batches={t.micro_batches} = "
+            f"{micro} sequences does not split over {dp}-way data parallelism (mesh data × fsdp); "
+            f"make batch_size / micro_batches a multiple of {dp}"
+        )
+    return micro
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT set ``received`` instead of killing: the loop saves and returns."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts for real
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        tqdm.write(f"received {self.received}: finishing this step, saving a checkpoint, then stopping")
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _global_batch(micro: list[dict[str, np.ndarray]], shardings: dict[str, Any]) -> dict[str, jax.Array]:
+    """m process-local micro-batches [b_local, t] → global arrays [m, b, t], batch over data axes."""
+    return {
+        k: jax.make_array_from_process_local_data(shardings[k], np.stack([mb[k] for mb in micro]))
+        for k in ("inputs", "targets")
+    }
+
+
+def _fetch(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
+    """Bring the steps' metrics to the host (the one sync point): mean loss, last lr and norm."""
+    host = jax.device_get(pending)
+    return {
+        "loss": float(np.mean([m["loss"] for m in host])),
+        "grad_norm": float(host[-1]["grad_norm"]),
+        "max_grad_norm": float(max(m["grad_norm"] for m in host)),
+        "lr": float(host[-1]["lr"]),
+    }
+
+
+def _check_finite(values: dict[str, float], step: int, last_good: int | None, root: Path) -> None:
+    if all(math.isfinite(values[k]) for k in ("loss", "max_grad_norm")):
+        return
+    where = (
+        f"the last good checkpoint is step {last_good} in {root}" if last_good else "no checkpoint was saved"
+    )
+    raise DivergedError(
+        f"training diverged by step {step} (loss {values['loss']}, grad norm {values['max_grad_norm']}); "
+        f"{where}; lower optim.lr, raise optim.warmup_tokens, or keep optim.grad_clip on"
+    )
+
+
+def _evaluate(
+    cfg: Config, data: Any, eval_fn: Any, params: Any, shardings: dict[str, Any], micro: int
+) -> float:
+    from gpt3_jax.data import eval_batches
+
+    batches = eval_batches(
+        data,
+        batch_size=micro,
+        seq_len=cfg.model.n_ctx,
+        n_batches=cfg.train.eval_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    losses = [
+        eval_fn(params, {k: jax.make_array_from_process_local_data(shardings[k], b[k]) for k in b})
+        for b in batches
+    ]
+    return float(jnp.mean(jnp.stack(losses)))
+
+
+def _sample(cfg: Config, graphdef: Any, params: Any, tokenizer: Any, mesh: Any) -> str | None:
+    """A short sample from the current parameters, if the sampling package is there."""
+    try:
+        from gpt3_jax.sampling.methods import make_method
+        from gpt3_jax.sampling.sampler import Sampler
+    except ImportError:
+        return None
+    from flax import nnx
+
+    model = nnx.merge(graphdef, params)
+    try:
+        sampler = Sampler(model, eot_id=tokenizer.eot_id, mesh=mesh)
+        method = make_method(temperature=0.8)
+        result = sampler.generate(
+            [[tokenizer.eot_id]], cfg.train.sample_tokens, method=method, seed=cfg.run.seed
+        )
+    except Exception as exc:  # noqa: BLE001 - a sample is a courtesy: never fail a finished run over it
+        return f"<no sample: {type(exc).__name__}: {exc}>"
+    # the model's vocabulary may be padded past the tokenizer's: ids beyond it have no text
+    return tokenizer.decode([i for i in result.ids[0] if i < tokenizer.vocab_size])
+
+
+def _with_init_tokenizer(cfg: Config) -> Config:
+    """Fine-tuning keeps the token ids of the run it starts from: use its tokenizer when the
+    config names none."""
+    if not cfg.train.init_from or cfg.data.tokenizer:
+        return cfg
+    path = checkpoint.tokenizer_path(cfg.train.init_from)
+    if path is None:
+        return cfg
+    return cfg.replace(data=dataclasses.replace(cfg.data, tokenizer=str(path)))
+
+
+def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` in ``cfg.run.workdir``, resuming from its latest checkpoint if there is one.
+
+    Returns a summary: steps, final loss and eval loss, tokens, wall time, ``stopped_by``.
+    """
+    from gpt3_jax.data import prepare_training_data, train_iterator
+    from gpt3_jax.info import count
+
+    t_start = time.perf_counter()
+    main = jax.process_index() == 0
+    workdir = Path(cfg.run.workdir)
+    mesh = sharding.make_mesh(cfg.mesh)
+    rules = sharding.rules_from_config(cfg.mesh.rules)
+    micro = check_batch(cfg, sharding.data_parallel_size(mesh, rules))
+    check_ramp(cfg)
+    cfg = _with_init_tokenizer(cfg)
+
+    ckpt = Checkpointer(workdir, cfg)
+    resume = ckpt.latest_step()
+    data = prepare_training_data(cfg, workdir, process_index=jax.process_index(), progress=progress and main)
+    if main:
+        ckpt.save_tokenizer(data.tokenizer.model_bytes())
+        (workdir / "config.yaml").write_text(dump_config(cfg))
+    it = train_iterator(
+        data,
+        batch_size=micro,
+        seq_len=cfg.model.n_ctx,
+        seed=cfg.run.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        workers=cfg.data.workers,
+        prefetch=cfg.data.prefetch,
+    )
+
+    tx = make_optimizer(cfg.optim)
+    graphdef, _ = model_graphdef_and_abstract(cfg)
+    abstract = abstract_state(cfg, tx)
+    shardings = state_shardings(abstract, mesh, rules)
+    train_batch, eval_batch = batch_shardings(mesh, rules), batch_shardings(mesh, rules, micro=False)
+    info = count(cfg.model)  # outside set_mesh: it builds the model abstractly, unsharded
+    device_kind, tokens_per_micro = jax.devices()[0].device_kind, micro * cfg.model.n_ctx
+
+    with jax.set_mesh(mesh), sharding.use_rules(rules):
+        if resume is not None:
+            state, data_state = ckpt.restore(resume, abstract, shardings)
+            it.set_state(data_state)
+            where = f"resumed from step {resume}"
+        else:
+            params = (
+                load_init_params(cfg.train.init_from, cfg, shardings.params) if cfg.train.init_from else None
+            )
+            state = init_state(cfg, tx, shardings, params=params)
+            where = f"parameters from {cfg.train.init_from}" if params is not None else "new run"
+        step, tokens_seen = int(state.step), int(state.tokens)  # one sync, before the loop
+        step_fn = jit_train_step(cfg, graphdef, tx, mesh, rules, shardings)
+        eval_fn = (
+            jit_eval_step(cfg, graphdef, mesh, rules, shardings.params) if cfg.train.eval_every else None
+        )
+        writer = MetricsWriter(workdir, resume_step=step, enabled=main)
+        if main:
+            print(
+                f"{where}: {workdir}, mesh {dict(mesh.shape)}, {info.params:,} parameters, "
+                f"batch {cfg.train.batch_size}×{cfg.model.n_ctx} tokens "
+                f"in {cfg.train.micro_batches} micro-batch(es)"
+            )
+
+        start_step, last_saved = step, resume
+        summary: dict[str, Any] = {"loss": None, "eval_loss": None, "stopped_by": None}
+        pending: list[dict[str, jax.Array]] = []
+        interval_steps = interval_tokens = 0
+        compile_s: float | None = None
+        bar = tqdm(total=cfg.train.steps, initial=step, desc="train", disable=not (progress and main))
+        try:
+            with _StopSignals() as signals:
+                t_last = time.perf_counter()
+                while step < cfg.train.steps and signals.received is None:
+                    m = ramp_micro_batches(cfg, tokens_seen)
+                    state, metrics = step_fn(state, _global_batch([next(it) for _ in range(m)], train_batch))
+                    step += 1
+                    tokens_seen += m * tokens_per_micro
+                    pending.append(metrics)
+                    bar.update(1)
+                    if compile_s is None:  # the first step compiles: time it apart from the rest
+                        jax.block_until_ready(metrics)
+                        compile_s, t_last = time.perf_counter() - t_last, time.perf_counter()
+                    else:
+                        interval_steps += 1
+                        interval_tokens += m * tokens_per_micro
+
+                    last = step == cfg.train.steps
+                    log_now = step % cfg.train.log_every == 0 or last
+                    eval_now = bool(cfg.train.eval_every) and (step % cfg.train.eval_every == 0 or last)
+                    every = cfg.checkpoint.every
+                    save_now = (every and step % every == 0) or last or signals.received is not None
+                    if not (log_now or eval_now or save_now):
+                        continue
+
+                    values = _fetch(pending)  # syncs; a NaN stops us before it can be saved
+                    _check_finite(values, step, last_saved, ckpt.root)
+                    if log_now:
+                        dt = time.perf_counter() - t_last
+                        record: dict[str, Any] = {**values, "tokens": tokens_seen, "micro_batches": m}
+                        if interval_steps:
+                            tps = interval_tokens / dt
+                            record |= {"tokens_per_sec": tps, "step_time_s": dt / interval_steps}
+                            record["mfu"] = mfu(info.flops_per_token, tps, device_kind, mesh.size)
+                        if compile_s is not None and step - start_step <= cfg.train.log_every:
+                            record["compile_s"] = compile_s
+                        writer.write(step, record)
+                        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                        summary["loss"] = values["loss"]
+                        pending, interval_steps, interval_tokens = [], 0, 0
+                    if eval_now and eval_fn is not None:
+                        eval_loss = _evaluate(cfg, data, eval_fn, state.params, eval_batch, micro)
+                        perplexity = math.exp(min(eval_loss, 700.0))
+                        writer.write(step, {"eval_loss": eval_loss, "eval_perplexity": perplexity})
+                        if main:
+                            tqdm.write(f"step {step}: eval loss {eval_loss:.4f}, perplexity {perplexity:.2f}")
+                        summary["eval_loss"] = eval_loss
+                    if cfg.train.sample_every and step % cfg.train.sample_every == 0 and main:
+                        text = _sample(cfg, graphdef, state.params, data.tokenizer, mesh)
+                        tqdm.write(f"step {step} sample: {text!r}")
+                    if save_now:
+                        ckpt.save(state, it.get_state(), cfg)
+                        last_saved = step
+                    t_last = time.perf_counter()  # evals and saves are not training time
+                summary["stopped_by"] = signals.received
+        finally:
+            bar.close()
+            ckpt.close()  # waits for the last async save: it is complete on disk when we return
+            writer.close()
+            it.close()
+
+        if main and summary["stopped_by"] is None and step > start_step:
+            text = _sample(cfg, graphdef, state.params, data.tokenizer, mesh)
+            if text is not None:
+                print(f"sample: {text!r}")
+                summary["sample"] = text
+    summary |= {
+        "workdir": str(workdir),
+        "start_step": start_step,
+        "steps": step,
+        "tokens": tokens_seen,
+        "checkpoint_step": last_saved,
+        "wall_s": time.perf_counter() - t_start,
+    }
+    if main:
+        print(
+            f"done: step {step}, loss {summary['loss']}, eval loss {summary['eval_loss']}, "
+            f"{summary['wall_s']:.1f} s"
+        )
+    return summary
