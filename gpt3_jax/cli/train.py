@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gpt3_jax import distributed
 from gpt3_jax.cli.common import add_config_args, config_from_args
 
 HELP = """\
@@ -37,10 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    distributed.add_arguments(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any JAX device use
     from gpt3_jax.training.loop import DivergedError, train
 
     cfg = config_from_args(args)
