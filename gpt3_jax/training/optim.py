@@ -73,7 +73,8 @@ def decay_mask(params: Any) -> Any:
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     """Clipping, then AdamW whose learning rate the train step sets each step from the schedule."""
-    adamw = optax.inject_hyperparams(optax.adamw)(
+    # ``mask`` must be static: inject_hyperparams would take a callable for a schedule of the step
+    adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
         learning_rate=cfg.lr,
         b1=cfg.b1,
         b2=cfg.b2,
