@@ -124,4 +124,5 @@ def test_decay_mask_on_the_model_state(tiny_model_config) -> None:
     decayed = {k for k, m in mask.items() if m}
     assert any("'wte'" in k for k in decayed) and any("'c_fc_w'" in k for k in decayed)
     assert not any("'ln_" in k or "_b'" in k or "'ln_f'" in k for k in decayed)
-    assert len(decayed) == 6  # wte, wpe, and the four block matrices (stacked over layers)
+    # wte, wpe, and the four block matrices of each position in the attention pattern (stacked over groups)
+    assert len(decayed) == 2 + 4 * len(tiny_model_config.attention_pattern)
