@@ -1,0 +1,87 @@
+"""``gpt3-jax eval``: loss and perplexity of a checkpoint on text files or its run's validation data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="loss and perplexity of a checkpoint on a data set",
+        description="Tokenizes --input (text files, folders, JSONL) with the checkpoint's tokenizer, "
+        "joins documents with end-of-text, and scores windows of the model's context. Without "
+        "--input, scores the validation split of the data the checkpoint's run trained on.",
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="run workdir or checkpoint dir")
+    parser.add_argument("--input", nargs="+", metavar="PATH", help="text files, folders or JSONL(.gz)")
+    parser.add_argument(
+        "--tokenizer", metavar="MODEL", help="SentencePiece .model (default: the checkpoint's)"
+    )
+    parser.add_argument("--seq-len", type=int, default=0, metavar="T", help="window length; 0 = n_ctx")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B")
+    parser.add_argument("--max-batches", type=int, default=0, metavar="N", help="0 = all")
+    parser.add_argument("--json", action="store_true", help="print {loss, perplexity, tokens} as JSON")
+    parser.set_defaults(run=run)
+
+
+def _input_ids(lm, paths: list[str]):
+    import numpy as np
+
+    from gpt3_jax.data.sources import list_inputs, read_texts
+
+    ids: list[int] = []
+    for text in read_texts(list_inputs(paths), desc="tokenizing", file=sys.stderr):
+        ids += [lm.eot_id, *lm.encode(text)]
+    return np.asarray(ids, np.int64)
+
+
+def _validation_ids(lm, checkpoint: str):
+    """The validation split of the data the checkpoint's run was trained on (prepared, cached)."""
+    from pathlib import Path
+
+    from gpt3_jax.checkpoint import resolve
+    from gpt3_jax.data import prepare_training_data
+
+    root, _ = resolve(checkpoint)
+    workdir = root.parent if root.name == "checkpoints" else Path(lm.cfg.run.workdir)
+    stream = prepare_training_data(lm.cfg, workdir).val_stream()
+    return stream.read(0, len(stream))
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from gpt3_jax.errors import UserError
+    from gpt3_jax.sampling import load
+
+    if args.batch_size < 1 or args.max_batches < 0 or args.seq_len < 0:
+        raise UserError("--batch-size must be >= 1, --max-batches and --seq-len >= 0")
+    lm = load(args.checkpoint, tokenizer=args.tokenizer)
+    if lm.tokenizer is None:
+        raise UserError("the checkpoint has no tokenizer.model; pass --tokenizer MODEL")
+    seq_len = args.seq_len or lm.cfg.model.n_ctx
+    if seq_len > lm.cfg.model.n_ctx:
+        raise UserError(f"--seq-len {seq_len} exceeds the model's context {lm.cfg.model.n_ctx}")
+    ids = _input_ids(lm, args.input) if args.input else _validation_ids(lm, args.checkpoint)
+    if len(ids) < 2:
+        raise UserError("the data holds fewer than two tokens; nothing to score")
+    rows = -(-(len(ids) - 1) // seq_len)
+    n_batches = -(-rows // args.batch_size)
+    n_batches = min(n_batches, args.max_batches) if args.max_batches else n_batches
+    total, count = 0.0, 0
+    batches = lm.logprobs_batches(ids, batch_size=args.batch_size, seq_len=seq_len, max_batches=n_batches)
+    for logp, mask in tqdm(batches, total=n_batches, desc="eval", unit="batch", file=sys.stderr):
+        total += float(logp[mask].sum())
+        count += int(mask.sum())
+    loss = -total / count
+    result = {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
+    print(
+        json.dumps(result)
+        if args.json
+        else f"loss {loss:.4f}  perplexity {math.exp(loss):.3f}  tokens {count}"
+    )
+    return 0
