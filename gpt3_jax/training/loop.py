@@ -27,9 +27,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from tqdm import tqdm
 
-from gpt3_jax import checkpoint, sharding
+from gpt3_jax import checkpoint, distributed, sharding
 from gpt3_jax.config import Config, dump_config
 from gpt3_jax.errors import UserError
 from gpt3_jax.training.checkpointing import Checkpointer, load_init_params
@@ -68,10 +69,11 @@ class _StopSignals:
         if signum == signal.SIGINT:  # a second Ctrl-C interrupts for real
             signal.signal(signal.SIGINT, signal.default_int_handler)
         tqdm.write(f"received {self.received}: finishing this step, saving a checkpoint, then stopping")
+        distributed.forward_to_peers(signum)  # several processes: all of them stop at one step
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in distributed.stop_signals():
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -100,13 +102,14 @@ def _fetch(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
 
 
 def _check_finite(values: dict[str, float], step: int, last_good: int | None, root: Path) -> None:
-    if all(math.isfinite(values[k]) for k in ("loss", "max_grad_norm")):
+    if all(math.isfinite(values[k]) for k in ("loss", "max_grad_norm", "param_norm") if k in values):
         return
     where = (
         f"the last good checkpoint is step {last_good} in {root}" if last_good else "no checkpoint was saved"
     )
     raise DivergedError(
-        f"training diverged by step {step} (loss {values['loss']}, grad norm {values['max_grad_norm']}); "
+        f"training diverged by step {step} (loss {values['loss']}, grad norm {values['max_grad_norm']}, "
+        f"parameter norm {values.get('param_norm', 'not checked')}); "
         f"{where}; lower optim.lr, raise optim.warmup_tokens, or keep optim.grad_clip on"
     )
 
@@ -206,19 +209,20 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     info = count(cfg.model)  # outside set_mesh: it builds the model abstractly, unsharded
     device_kind, tokens_per_micro = jax.devices()[0].device_kind, micro * cfg.model.n_ctx
 
+    params = None
+    if resume is None and cfg.train.init_from:  # outside set_mesh: it builds abstract models
+        params = load_init_params(cfg.train.init_from, cfg, shardings.params)
     with jax.set_mesh(mesh), sharding.use_rules(rules):
         if resume is not None:
             state, data_state = ckpt.restore(resume, abstract, shardings)
             it.set_state(data_state)
             where = f"resumed from step {resume}"
         else:
-            params = (
-                load_init_params(cfg.train.init_from, cfg, shardings.params) if cfg.train.init_from else None
-            )
             state = init_state(cfg, tx, shardings, params=params)
             where = f"parameters from {cfg.train.init_from}" if params is not None else "new run"
         step, tokens_seen = int(state.step), int(state.tokens)  # one sync, before the loop
         step_fn = jit_train_step(cfg, graphdef, tx, mesh, rules, shardings)
+        param_norm = jax.jit(optax.global_norm)
         eval_fn = (
             jit_eval_step(cfg, graphdef, mesh, rules, shardings.params) if cfg.train.eval_every else None
         )
@@ -239,7 +243,8 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         try:
             with _StopSignals() as signals:
                 t_last = time.perf_counter()
-                while step < cfg.train.steps and signals.received is None:
+                stopping: str | None = None
+                while step < cfg.train.steps and stopping is None:
                     m = ramp_micro_batches(cfg, tokens_seen)
                     state, metrics = step_fn(state, _global_batch([next(it) for _ in range(m)], train_batch))
                     step += 1
@@ -253,11 +258,12 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         interval_steps += 1
                         interval_tokens += m * tokens_per_micro
 
+                    stopping = distributed.synced_stop(step, signals.received)
                     last = step == cfg.train.steps
                     log_now = step % cfg.train.log_every == 0 or last
                     eval_now = bool(cfg.train.eval_every) and (step % cfg.train.eval_every == 0 or last)
                     every = cfg.checkpoint.every
-                    save_now = (every and step % every == 0) or last or signals.received is not None
+                    save_now = (every and step % every == 0) or last or stopping is not None
                     if not (log_now or eval_now or save_now):
                         continue
 
@@ -287,17 +293,20 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         text = _sample(cfg, graphdef, state.params, data.tokenizer, mesh)
                         tqdm.write(f"step {step} sample: {text!r}")
                     if save_now:
+                        # the loss saw the parameters before this step's update; check the update too
+                        values["param_norm"] = float(param_norm(state.params))
+                        _check_finite(values, step, last_saved, ckpt.root)
                         ckpt.save(state, it.get_state(), cfg)
                         last_saved = step
                     t_last = time.perf_counter()  # evals and saves are not training time
-                summary["stopped_by"] = signals.received
+                summary["stopped_by"] = stopping
         finally:
             bar.close()
             ckpt.close()  # waits for the last async save: it is complete on disk when we return
             writer.close()
             it.close()
 
-        if main and summary["stopped_by"] is None and step > start_step:
+        if main and summary["stopped_by"] is None and step > start_step and cfg.train.sample_tokens:
             text = _sample(cfg, graphdef, state.params, data.tokenizer, mesh)
             if text is not None:
                 print(f"sample: {text!r}")
