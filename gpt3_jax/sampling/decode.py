@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gpt3_jax.model import GPT, Block, attend, causal_mask
+from gpt3_jax.model import GPT, Attention, Block, attend, causal_mask
 from gpt3_jax.sampling import cache as kv
 from gpt3_jax.sampling.cache import KVCache
 from gpt3_jax.sharding import constrain
@@ -36,10 +36,32 @@ def _layers(model: GPT) -> Iterator[tuple[int, int, Block]]:
             yield g, j, block
 
 
-def _block(block: Block, x: jax.Array, attn: AttnFn) -> jax.Array:
+def _qkv_2d(attn: Attention, x: jax.Array) -> jax.Array:
+    """``Attention.qkv`` as one plain [b·t, d] @ [d, 3·n·h] matmul → q, k, v [b, t, n, h].
+
+    Same math; the weight is only reshaped (free). XLA's CPU backend lowers the module's einsum,
+    whose output puts the qkv axis first, as W^T·x and copies (transposes) the weight to do so:
+    for one token that copy costs more than the matmul, on every step.
+    """
+    b, t, _ = x.shape
+    d, _, n, h = attn.c_attn_w.shape
+    w = attn.c_attn_w[...].astype(attn.dtype).reshape(d, 3 * n * h)
+    qkv = (x @ w).reshape(b, t, 3, n, h) + attn.c_attn_b[...].astype(attn.dtype)
+    return tuple(constrain(qkv[:, :, i], ("act_batch", "act_len", "act_heads", None)) for i in range(3))
+
+
+def _out_2d(attn: Attention, y: jax.Array) -> jax.Array:
+    """``Attention.out`` as [b·t, n·h] @ [n·h, d], for the same reason as ``_qkv_2d``."""
+    b, t, n, h = y.shape
+    w = attn.c_proj_w[...].astype(attn.dtype).reshape(n * h, -1)
+    return y.reshape(b, t, n * h) @ w + attn.c_proj_b[...].astype(attn.dtype)
+
+
+def _block(block: Block, x: jax.Array, attn: AttnFn, *, one_token: bool = False) -> jax.Array:
     """The pre-LayerNorm block with its attention's key/value source swapped in: [b,t,d] → [b,t,d]."""
-    q, k, v = block.attn.qkv(block.ln_1(x))
-    x = x + block.attn.out(attn(q, k, v))
+    qkv, out = (_qkv_2d, _out_2d) if one_token else (Attention.qkv, Attention.out)
+    q, k, v = qkv(block.attn, block.ln_1(x))
+    x = x + out(block.attn, attn(q, k, v))
     x = x + block.mlp(block.ln_2(x))
     return constrain(x, ("act_batch", "act_len", "act_embed"))
 
@@ -104,7 +126,7 @@ def step(
             mask = causal_mask(t[None], times, window)[None] & (times[None, :] >= pad[:, None])[:, None]
             return attend(q, cache_k[j][g], cache_v[j][g], mask[:, None])  # mask (b, 1, 1, s)
 
-        x = _block(block, x, attn)
+        x = _block(block, x, attn, one_token=True)
     logits = model.embed.unembed(model.ln_f(x))[:, 0]  # (b, v)
     new = KVCache(
         tuple(constrain(a, kv.CACHE_AXES) for a in cache_k),
