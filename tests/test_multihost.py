@@ -1,0 +1,226 @@
+"""Several JAX processes on this machine through ``launch/local.sh``: a cross-process collective,
+a dead process stopping the others, a SIGTERM stopping all of them at the same step, and
+(slow) training that matches one process, resumes on other process counts, and survives a kill.
+
+The processes are real (``jax.distributed`` over gloo on 127.0.0.1), each with simulated CPU
+devices; the pytest process itself never joins them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from gpt3_jax import distributed
+from gpt3_jax.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ROOT / "launch" / "local.sh"
+HEARTBEAT_S = 5  # GPT3_JAX_HEARTBEAT_TIMEOUT for these runs: how soon a dead process is noticed
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPT3_JAX_", "SLURM_"))}
+    env |= {
+        "GPT3_JAX_HEARTBEAT_TIMEOUT": str(HEARTBEAT_S),
+        "GPT3_JAX_INIT_TIMEOUT": "60",
+        "LOG_DIR": str(tmp_path / "logs"),
+        "GRACE_S": "60",
+        "PYTHONPATH": str(ROOT),
+    }
+    return env | extra
+
+
+def _script(tmp_path: Path, body: str) -> str:
+    """A Python program that joins the others first, as ``gpt3-jax train`` does; GPT3_JAX= this."""
+    path = tmp_path / "worker.py"
+    path.write_text("from gpt3_jax import distributed\ndistributed.initialize()\n" + textwrap.dedent(body))
+    return f"{sys.executable} {path}"
+
+
+def _local(n: int, k: int, args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["bash", str(LOCAL), str(n), str(k), "--", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a test that fails part-way can kill the whole group
+    )
+
+
+def _children(pid: int) -> dict[int, int]:
+    """local.sh's processes: JAX process id → OS pid."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    found = {}
+    for child in map(int, out):
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(b"GPT3_JAX_PROCESS_ID="):
+                found[int(item.split(b"=")[1])] = child
+    return found
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"local.sh still running after {timeout}s (a hang):\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"local.sh exited ({proc.returncode}) early:\n{proc.communicate()[0][-3000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"{text!r} did not appear in {path} within {timeout}s")
+
+
+# --- gpt3_jax.distributed on its own (no processes started) ---------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith(("GPT3_JAX_", "SLURM_")):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_single_process_is_a_no_op(clean_env: pytest.MonkeyPatch) -> None:
+    assert distributed.detected_cluster() is None
+    assert distributed.initialize() is False
+    assert distributed.initialize(num_processes=1) is False
+    assert distributed.stop_signals() == (signal.SIGTERM, signal.SIGINT)
+    assert distributed.synced_stop(3, None) is None and distributed.synced_stop(3, "SIGINT") == "SIGINT"
+    assert distributed.is_primary()
+
+
+def test_single_task_slurm_step_is_not_a_cluster(clean_env: pytest.MonkeyPatch) -> None:
+    env = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    clean_env.setenv("SLURM_NTASKS", "1")
+    assert distributed.detected_cluster() is None
+    clean_env.setenv("SLURM_NTASKS", "4")
+    assert distributed.detected_cluster() == "slurm"
+
+
+@pytest.mark.parametrize(
+    "kwargs, env, message",
+    [
+        ({"coordinator": "127.0.0.1:1234"}, {}, "without --num-processes, --process-id"),
+        ({}, {"GPT3_JAX_NUM_PROCESSES": "2", "GPT3_JAX_PROCESS_ID": "1"}, "without --coordinator"),
+        ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, {}, "--process-id 2 is not in [0, 2)"),
+        ({"coordinator": "h:1", "num_processes": 0, "process_id": 0}, {}, "must be at least 1"),
+        ({"coordinator": "h", "num_processes": 2, "process_id": 0}, {}, "must be HOST:PORT"),
+        ({}, {"GPT3_JAX_NUM_PROCESSES": "two"}, "GPT3_JAX_NUM_PROCESSES='two' is not an integer"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(
+    clean_env: pytest.MonkeyPatch, kwargs: dict, env: dict[str, str], message: str
+) -> None:
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    with pytest.raises(UserError, match=re.escape(message)):
+        distributed.initialize(**kwargs)
+
+
+# --- real processes through local.sh ----------------------------------------------------------
+
+
+def test_cross_process_collective(tmp_path: Path) -> None:
+    """2 processes × 2 devices: one 4-device mesh; a sum over it sees every process's rows."""
+    worker = _script(
+        tmp_path,
+        """
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        mesh = jax.make_mesh((jax.device_count(),), ("x",))
+        rows = np.arange(2, dtype=np.float32) + 2 * jax.process_index()  # process p holds [2p, 2p+1]
+        x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("x")), rows)
+        total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x)
+        print(f"RESULT {jax.process_index()} {jax.process_count()} {jax.device_count()} "
+              f"{float(total)} {distributed.is_primary()} {distributed.multi_process()}", flush=True)
+        """,
+    )
+    rc, out = _finish(_local(2, 2, ["worker"], _env(tmp_path, GPT3_JAX=worker)), timeout=120)
+    assert rc == 0, out
+    assert "RESULT 0 2 4 6.0 True True" in out
+    assert "RESULT 1 2 4 6.0 False True" in (tmp_path / "logs" / "process_1.log").read_text()
+
+
+def test_dead_process_stops_the_others(tmp_path: Path) -> None:
+    """SIGKILL one process mid-collective: the other exits by itself within the heartbeat
+    timeout (local.sh's grace period is far longer), naming the cause; local.sh fails."""
+    worker = _script(
+        tmp_path,
+        """
+        import time, jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        mesh = jax.make_mesh((jax.device_count(),), ("x",))
+        x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("x")), np.ones(1, np.float32))
+        total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))
+        for i in range(100000):
+            float(total(x))
+            if i == 3:
+                print("LOOPING", flush=True)
+            time.sleep(0.05)
+        """,
+    )
+    proc = _local(2, 1, ["worker"], _env(tmp_path, GPT3_JAX=worker))
+    _wait_for(tmp_path / "logs" / "process_1.log", "LOOPING", proc, timeout=90)
+    killed_at = time.monotonic()
+    os.kill(_children(proc.pid)[1], signal.SIGKILL)
+    rc, out = _finish(proc, timeout=HEARTBEAT_S + 40)
+    took = time.monotonic() - killed_at
+    assert rc != 0
+    assert "process 1 was killed by signal 9" in out
+    assert "another task died" in out  # JAX's own message, from process 0
+    assert took < HEARTBEAT_S + 30, f"the survivor took {took:.0f}s to stop"
+
+
+def test_sigterm_stops_every_process_at_the_same_step(tmp_path: Path) -> None:
+    """SIGTERM to one process only: both leave their loop at the same step (synced_stop)."""
+    worker = _script(
+        tmp_path,
+        """
+        import os, time, jax
+        assert distributed.stop_signals() == (__import__("signal").SIGINT,)
+        with open(os.environ["LOG_DIR"] + f"/pid_{jax.process_index()}", "w") as f:
+            f.write(str(os.getpid()))
+        for step in range(1, 100000):
+            time.sleep(0.02 * (1 + jax.process_index()))  # the two run at different speeds
+            reason = distributed.synced_stop(step, None)
+            if reason:
+                print(f"STOPPED {jax.process_index()} {step} {reason}", flush=True)
+                break
+        """,
+    )
+    proc = _local(2, 1, ["worker"], _env(tmp_path, GPT3_JAX=worker))
+    pid_file = tmp_path / "logs" / "pid_1"
+    _wait_for(pid_file, "", proc, timeout=90)
+    time.sleep(1.0)
+    os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    rc, out = _finish(proc, timeout=60)
+    assert rc == 0, out
+    log1 = (tmp_path / "logs" / "process_1.log").read_text()
+    step0 = out.split("STOPPED 0 ")[1].split()[0]
+    assert f"STOPPED 1 {step0} SIGTERM" in log1, (out, log1)
