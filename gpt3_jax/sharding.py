@@ -38,7 +38,9 @@ DEFAULT_RULES: Rules = (
     # activations
     ("act_batch", ("data", "fsdp")),
     ("act_len", None),
-    ("act_embed", None),
+    # The residual stream is sharded over tensor between blocks (as MaxText's activation_embed):
+    # remat saves one [b, t, d] per layer group, which replicated over tensor does not fit at 175B.
+    ("act_embed", "tensor"),
     ("act_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
