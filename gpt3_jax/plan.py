@@ -141,7 +141,10 @@ def compile_plan(cfg: Config, devices: Sequence[Any] | None = None, progress: bo
     state = with_shardings(abstract, shardings)
     m, t = cfg.train.micro_batches, cfg.model.n_ctx
     b = cfg.train.batch_size // m
-    batch = {k: jax.ShapeDtypeStruct((m, b, t), jnp.int32, sharding=s) for k, s in batch_shardings(mesh, rules).items()}
+    batch = {
+        k: jax.ShapeDtypeStruct((m, b, t), jnp.int32, sharding=s)
+        for k, s in batch_shardings(mesh, rules).items()
+    }
     bar.update()
 
     bar.set_postfix_str("lower")
@@ -201,10 +204,9 @@ def format_plan(plan: Plan, hbm_gib: float | None = None) -> str:
         f"  parameters    {by['params'] / GiB:9.2f} GiB",
         f"  optimizer     {by['optimizer'] / GiB:9.2f} GiB",
         f"  temporaries   {by['temp'] / GiB:9.2f} GiB  (gradients, saved activations, workspace)",
-        f"  arguments     {by['argument'] / GiB:9.2f} GiB  (state + batch; output {by['output'] / GiB:.2f} GiB, "
-        f"{by['alias'] / GiB:.2f} GiB of it donated)",
-        f"  total         {by['total'] / GiB:9.2f} GiB"
-        + (f"  of {hbm_gib:g} GiB HBM" if hbm_gib else ""),
+        f"  arguments     {by['argument'] / GiB:9.2f} GiB  (state + batch; "
+        f"output {by['output'] / GiB:.2f} GiB, {by['alias'] / GiB:.2f} GiB of it donated)",
+        f"  total         {by['total'] / GiB:9.2f} GiB" + (f"  of {hbm_gib:g} GiB HBM" if hbm_gib else ""),
         f"FLOPs per step: {plan.flops_per_step:.4g} per device (XLA)"
         + (
             f", {plan.flops_per_step_analytic:.4g} for the step (6N-style, "

@@ -14,36 +14,16 @@ import pytest
 from gpt3_jax import sharding
 from gpt3_jax.cli import main
 from gpt3_jax.config import load_config
-from gpt3_jax.plan import GiB, compile_plan
+from gpt3_jax.plan import GiB
 from gpt3_jax.training import step as step_module
 
 TINY = ["model.dtype=float32", "train.batch_size=16", "train.micro_batches=2"]
 
 
-def test_plan_json_on_tiny_config(capsys):
-    assert main(["plan", "configs/tiny.yaml", "--devices", "8", "mesh.fsdp=8", *TINY, "--json"]) == 0
-    plan = json.loads(capsys.readouterr().out)
-    for key in ("devices", "mesh", "per_device_bytes", "flops_per_step", "compile_seconds"):
-        assert key in plan, key
-    assert plan["devices"] == 8
-    assert plan["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
-    by = plan["per_device_bytes"]
-    for key in ("params", "optimizer", "temp", "total"):
-        assert by[key] > 0, key
-    assert plan["flops_per_step"] > 0 and plan["compile_seconds"] > 0
-    # fsdp 8: every matrix is split 8 ways; only LayerNorms and a few biases stay whole (~10% here)
-    whole = plan["params"] * 4 / 8
-    assert whole <= by["params"] <= 1.15 * whole
-    # AdamW: two fp32 moments like the parameters, plus a few scalars
-    assert 2 * by["params"] <= by["optimizer"] <= 2 * by["params"] + 1024
-    # the donated state is counted once: total = arguments + outputs - aliased + temporaries
-    assert by["total"] == by["argument"] + by["output"] - by["alias"] + by["temp"]
-    assert by["argument"] >= by["params"] + by["optimizer"]
-
-
-def test_plan_compiles_the_trainers_step(monkeypatch):
-    """The planner calls ``jit_train_step`` (spied on here), and what it lowers is, op for op, what
-    the trainer's path lowers: concrete, born-sharded state and a device batch."""
+def test_plan_compiles_the_trainers_step(monkeypatch, capsys):
+    """``gpt3-jax plan`` calls ``jit_train_step`` (spied on here), and what it lowers is, op for op,
+    what the trainer's path lowers: concrete, born-sharded state and a device batch. Its JSON
+    report has the keys and the numbers add up."""
     lowered = []
     real = step_module.jit_train_step
 
@@ -58,14 +38,34 @@ def test_plan_compiles_the_trainers_step(monkeypatch):
         return Spy()
 
     monkeypatch.setattr(step_module, "jit_train_step", spy)
-    cfg = load_config("configs/tiny.yaml", ["mesh.fsdp=4", "mesh.tensor=2", *TINY])
-    plan = compile_plan(cfg)
-    assert len(lowered) == 1 and plan.devices == 8
+    over = ["mesh.fsdp=4", "mesh.tensor=2", *TINY]
+    assert main(["plan", "configs/tiny.yaml", "--devices", "8", *over, "--json"]) == 0
+    assert len(lowered) == 1
     monkeypatch.undo()
+
+    plan = json.loads(capsys.readouterr().out)
+    for key in ("devices", "mesh", "per_device_bytes", "flops_per_step", "compile_seconds"):
+        assert key in plan, key
+    assert plan["devices"] == 8 and plan["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert plan["micro_batches"] == 2 and plan["sequences_per_device"] == 1.0
+    by = plan["per_device_bytes"]
+    for key in ("params", "optimizer", "temp", "total"):
+        assert by[key] > 0, key
+    assert plan["flops_per_step"] > 0 and plan["flops_per_step_analytic"] > 0
+    assert plan["compile_seconds"] > 0
+    # fsdp 4 × tensor 2: every matrix is split 8 ways; LayerNorms and some biases stay whole
+    split = plan["params"] * 4 / 8
+    assert split <= by["params"] <= 1.15 * split
+    # AdamW: two fp32 moments like the parameters, plus a few scalars
+    assert 2 * by["params"] <= by["optimizer"] <= 2 * by["params"] + 1024
+    # the donated state is counted once: total = arguments + outputs - aliased + temporaries
+    assert by["total"] == by["argument"] + by["output"] - by["alias"] + by["temp"]
+    assert by["argument"] >= by["params"] + by["optimizer"]
 
     from gpt3_jax.training import init_state, make_optimizer, state_shardings
     from gpt3_jax.training.state import abstract_state, model_graphdef_and_abstract
 
+    cfg = load_config("configs/tiny.yaml", over)
     mesh = sharding.make_mesh(cfg.mesh)
     rules = sharding.rules_from_config(cfg.mesh.rules)
     tx = make_optimizer(cfg.optim)
@@ -79,20 +79,18 @@ def test_plan_compiles_the_trainers_step(monkeypatch):
     assert lowered[0].as_text() == trainer.as_text()
 
 
-def test_plan_python_api_reports_mesh_and_batch():
-    cfg = load_config("configs/tiny.yaml", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", *TINY])
-    plan = compile_plan(cfg)
-    assert plan.mesh == {"data": 2, "fsdp": 2, "tensor": 2}
-    assert plan.micro_batches == 2 and plan.sequences_per_device == 1.0
-    assert plan.flops_per_step_analytic > 0
-
-
 @pytest.mark.slow
 def test_plan_175b_on_512_devices_fits_v5p():
     """MaxText's 175B layout on a TPU v5p-1024 (512 chips): fsdp 64 × tensor 8, 4 sequences of
     2048 per device, full remat. Must fit a v5p's 95 GiB and compile in under two minutes."""
     cfg = "configs/gpt3-175b.yaml"
-    over = ["mesh.fsdp=64", "mesh.tensor=8", "train.batch_size=2048", "train.micro_batches=1", "model.remat=full"]
+    over = [
+        "mesh.fsdp=64",
+        "mesh.tensor=8",
+        "train.batch_size=2048",
+        "train.micro_batches=1",
+        "model.remat=full",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI sets its own
     out = subprocess.run(
         [sys.executable, "-m", "gpt3_jax", "plan", cfg, "--devices", "512", *over, "--json"],

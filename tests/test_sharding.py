@@ -36,7 +36,11 @@ def _cfg(tiny_model_config, mesh: MeshConfig) -> Config:
 def _paths(tree) -> dict[str, jax.Array]:
     """'groups.blocks.0.mlp.c_fc_w' → leaf, for an NNX state of arrays."""
     flat = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return {".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): v for path, v in flat}
+
+    def name(k) -> str:
+        return str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+
+    return {".".join(name(k) for k in path): v for path, v in flat}
 
 
 def _batch(cfg: Config, b: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +54,9 @@ def reference(request):
     """Parameters, batch, loss and gradients of the single-device (unsharded) run."""
     from gpt3_jax.config import ModelConfig
 
-    tiny = ModelConfig(n_layer=4, d_model=64, n_head=4, n_ctx=64, vocab_size=300, local_window=8, dtype="float32")
+    tiny = ModelConfig(
+        n_layer=4, d_model=64, n_head=4, n_ctx=64, vocab_size=300, local_window=8, dtype="float32"
+    )
     cfg = _cfg(tiny, MeshConfig(fsdp=1))
     with nnx.use_eager_sharding(False):
         graphdef, params = nnx.split(GPT(cfg.model, rngs=nnx.Rngs(0)))
@@ -81,7 +87,9 @@ def test_sharded_loss_and_grads_equal_single_device(reference, mesh_name):
     for name, g_ref in ref.items():
         g_ref = np.asarray(g_ref[...])
         scale = float(np.abs(g_ref).max())
-        np.testing.assert_allclose(np.asarray(got[name][...]), g_ref, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(got[name][...]), g_ref, rtol=1e-5, atol=1e-6 * scale, err_msg=name
+        )
     # the parameters really were sharded as the rules say (not silently replicated)
     for name, v in _paths(sharded).items():
         assert v[...].sharding.spec == shardings_spec(shardings, name), name
@@ -91,8 +99,8 @@ def shardings_spec(shardings, name: str) -> P:
     return _paths(shardings)[name].spec
 
 
-def _state(mesh_cfg: MeshConfig, tiny_model_config, rules_override: tuple = ()):
-    cfg = _cfg(tiny_model_config, dataclasses.replace(mesh_cfg, rules=rules_override))
+def _state(mesh_cfg: MeshConfig, tiny_model_config):
+    cfg = _cfg(tiny_model_config, mesh_cfg)
     mesh = sharding.make_mesh(cfg.mesh)
     rules = sharding.rules_from_config(cfg.mesh.rules)
     tx = make_optimizer(cfg.optim)
@@ -103,9 +111,19 @@ def _state(mesh_cfg: MeshConfig, tiny_model_config, rules_override: tuple = ()):
     return cfg, mesh, rules, abstract, state
 
 
-@pytest.mark.parametrize("mesh_name", ["fsdp4_tensor2", "data2_fsdp2_tensor2"])
-def test_params_sharded_as_rules_say(tiny_model_config, mesh_name):
-    _, mesh, rules, abstract, state = _state(MESHES[mesh_name], tiny_model_config)
+@pytest.fixture(scope="module")
+def born(request):
+    """A train state made by ``init_state`` on the fsdp 4 × tensor 2 mesh (one compile, shared)."""
+    from gpt3_jax.config import ModelConfig
+
+    tiny = ModelConfig(
+        n_layer=4, d_model=64, n_head=4, n_ctx=64, vocab_size=300, local_window=8, dtype="float32"
+    )
+    return _state(MESHES["fsdp4_tensor2"], tiny)
+
+
+def test_params_sharded_as_rules_say(born):
+    _, _, rules, abstract, state = born
     names = {k: sharding.logical_names(v) for k, v in _paths(abstract.params).items()}
     actual = {k: v[...].sharding.spec for k, v in _paths(state.params).items()}
     assert actual.keys() == names.keys()
@@ -121,8 +139,8 @@ def test_params_sharded_as_rules_say(tiny_model_config, mesh_name):
     assert actual["groups.blocks.0.ln_1.scale"] == P(None, None)
 
 
-def test_train_state_born_sharded(tiny_model_config):
-    _, mesh, _, _, state = _state(MESHES["fsdp4_tensor2"], tiny_model_config)
+def test_train_state_born_sharded(born):
+    _, _, _, _, state = born
     params = _paths(state.params)
     for key in ("embed.wte", "groups.blocks.0.mlp.c_fc_w", "groups.blocks.1.attn.c_attn_w"):
         arr = params[key][...]
@@ -130,8 +148,8 @@ def test_train_state_born_sharded(tiny_model_config):
         shard = arr.addressable_shards[0].data.shape
         assert np.prod(shard) == arr.size // 8, (key, shard)  # fsdp 4 × tensor 2: 1/8 per device
         assert len({s.device for s in arr.addressable_shards}) == 8
-    adam = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))]
-    adam = [s for s in adam if isinstance(s, optax.ScaleByAdamState)]
+    is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+    adam = [s for s in jax.tree.leaves(state.opt_state, is_leaf=is_adam) if is_adam(s)]
     assert len(adam) == 1
     for moments in (adam[0].mu, adam[0].nu):
         moment = _paths(moments)
@@ -141,16 +159,22 @@ def test_train_state_born_sharded(tiny_model_config):
 
 
 def test_config_replaces_rules_table(tiny_model_config):
-    rules_cfg = (("embed", "tensor"), ("mlp", "fsdp"), ("act_batch", "data", "fsdp"))
-    cfg, mesh, rules, _, state = _state(MESHES["fsdp4_tensor2"], tiny_model_config, rules_cfg)
+    cfg = load_config(
+        None, ["mesh.fsdp=4", "mesh.tensor=2", "mesh.rules=[[embed,tensor],[mlp,fsdp],[act_batch,data,fsdp]]"]
+    )
+    cfg = cfg.replace(model=tiny_model_config)
+    rules = sharding.rules_from_config(cfg.mesh.rules)
     assert rules == (("embed", "tensor"), ("mlp", "fsdp"), ("act_batch", ("data", "fsdp")))
-    params = _paths(state.params)
-    assert params["groups.blocks.0.mlp.c_fc_w"][...].sharding.spec == P(None, "tensor", "fsdp")
-    assert params["embed.wte"][...].sharding.spec == P(None, "tensor")  # vocab: not in the table
-    assert params["groups.blocks.0.attn.c_attn_w"][...].sharding.spec == P(None, "tensor", None, None, None)
-    # from YAML-style overrides, too
-    over = load_config(None, ["mesh.rules=[[embed,tensor],[act_batch,data]]"])
-    assert sharding.rules_from_config(over.mesh.rules) == (("embed", "tensor"), ("act_batch", "data"))
+    mesh = sharding.make_mesh(cfg.mesh)
+    tx = make_optimizer(cfg.optim)
+    # the shardings init_state is jitted with (its out_shardings)
+    shardings = state_shardings(abstract_state(cfg, tx), mesh, rules)
+    specs = {k: v.spec for k, v in _paths(shardings.params).items()}
+    assert specs["groups.blocks.0.mlp.c_fc_w"] == P(None, "tensor", "fsdp")
+    assert specs["embed.wte"] == P(None, "tensor")  # vocab: not in the table, so replicated
+    assert specs["groups.blocks.0.attn.c_attn_w"] == P(None, "tensor", None, None, None)
+    adam = _paths(shardings.opt_state)
+    assert adam["1.inner_state.0.mu.groups.blocks.0.mlp.c_fc_w"].spec == P(None, "tensor", "fsdp")
     with pytest.raises(UserError, match="unknown mesh axis 'model'"):
         sharding.rules_from_config((("embed", "model"),))
 
