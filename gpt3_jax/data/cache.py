@@ -88,7 +88,7 @@ def prepare_training_data(
             if builder:
                 tmp = cache / f".{tok_dir.name}.partial"
                 shutil.rmtree(tmp, ignore_errors=True)
-                train_tokenizer(files, vocab, tmp, d.tokenizer_type, progress=progress)
+                train_tokenizer([f.path for f in files], vocab, tmp, d.tokenizer_type, progress=progress)
                 tmp.replace(tok_dir)  # whole folder at once: the others see the model or nothing
             else:
                 _wait_for(tok_file, "the tokenizer", timeout_s)
