@@ -45,11 +45,16 @@ def torch_logits(model, tokens: np.ndarray) -> np.ndarray:
 
 @pytest.mark.compare
 def test_from_hf_cli_matches_pytorch(hf_model, tokens, tmp_path: Path, capsys) -> None:
+    import shutil
+
     from gpt3_jax.checkpoint import load_model
 
     model, hf_dir = hf_model
-    assert main(["convert", "from-hf", str(hf_dir), str(tmp_path / "ckpt")]) == 0
-    assert "wrote" in capsys.readouterr().out
+    with_tokenizer = shutil.copytree(hf_dir, tmp_path / "hf")
+    (with_tokenizer / "tokenizer.json").write_text("{}")  # GPT-2's BPE, which we do not convert
+    assert main(["convert", "from-hf", str(with_tokenizer), str(tmp_path / "ckpt")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "--prompt-ids" in out
     cfg, ours = load_model(tmp_path / "ckpt")
     assert cfg.model.attention_pattern == ("dense",) and cfg.model.n_ctx == 64
     logits = np.asarray(ours(tokens))
@@ -86,14 +91,16 @@ def test_python_from_hf_returns_config_and_model(hf_model, tokens) -> None:
 
 
 def test_to_hf_refuses_local_attention(tmp_path: Path, tiny_model_config, capsys) -> None:
-    from flax import nnx
+    import jax
 
-    from gpt3_jax.checkpoint import save_params
+    from gpt3_jax.checkpoint import abstract_params, save_params
     from gpt3_jax.config import Config
-    from gpt3_jax.model import GPT
 
     cfg = Config(model=tiny_model_config)  # pattern [dense, local]
-    save_params(tmp_path / "ckpt", cfg, nnx.state(GPT(cfg.model, rngs=nnx.Rngs(0)), nnx.Param))
+    _, abstract = abstract_params(cfg)  # zeros of the right shapes: no need to initialise a model
+    save_params(
+        tmp_path / "ckpt", cfg, jax.tree.map(lambda v: np.zeros(v.shape, v.dtype), abstract.to_pure_dict())
+    )
     assert main(["convert", "to-hf", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "local" in err and "\n" not in err
@@ -136,3 +143,30 @@ def test_from_hf_missing_tensor_is_one_line_error(tmp_path: Path, capsys) -> Non
     assert main(["convert", "from-hf", str(hf_dir), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "missing" in err and "\n" not in err
+
+
+@pytest.mark.compare
+def test_from_hf_reads_sharded_safetensors_and_pytorch_bin(hf_model, tokens, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from gpt3_jax import convert
+
+    model, hf_dir = hf_model
+    want = convert.read_hf_weights(hf_dir)
+    sharded = tmp_path / "sharded"
+    model.save_pretrained(sharded, max_shard_size="200KB")
+    assert (sharded / "model.safetensors.index.json").is_file() and not (
+        sharded / "model.safetensors"
+    ).exists()
+    got = convert.read_hf_weights(sharded)
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+
+    bin_dir = tmp_path / "bin"  # an old-style directory: a pickled state dict, lm_head included
+    bin_dir.mkdir()
+    shutil.copy(hf_dir / "config.json", bin_dir)
+    torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")
+    _, ours = convert.from_hf(bin_dir)
+    diff = np.abs(np.asarray(ours(tokens))[..., :1000] - torch_logits(model, tokens)).max()
+    assert diff < 1e-4

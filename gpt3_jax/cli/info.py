@@ -56,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"  context {m.n_ctx}, local window {m.local_window}, vocab {m.vocab_size} (padded {m.padded_vocab})"
     )
-    print(f"  parameters            {info.params:>16,}  ({human(info.params)})")
-    print(f"  non-embedding         {info.non_embedding_params:>16,}  ({human(info.non_embedding_params)})")
-    print(f"  training FLOPs/token  {info.flops_per_token:>16,.0f}  ({human(info.flops_per_token)})")
-    print(f"    of which attention  {info.attention_flops_per_token:>16,.0f}")
+    print(f"  parameters            {info.params:>17,}  ({human(info.params)})")
+    print(f"  non-embedding         {info.non_embedding_params:>17,}  ({human(info.non_embedding_params)})")
+    print(f"  training FLOPs/token  {info.flops_per_token:>17,.0f}  ({human(info.flops_per_token)})")
+    print(f"    of which attention  {info.attention_flops_per_token:>17,.0f}")
     print("  breakdown:")
     for kind, n in info.breakdown.items():
         print(f"    {LABELS[kind]:<40} {n:>16,}  {100 * n / info.params:5.1f}%")
