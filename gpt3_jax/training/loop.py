@@ -114,6 +114,15 @@ def _check_finite(values: dict[str, float], step: int, last_good: int | None, ro
     )
 
 
+def _log_line(step: int, r: dict[str, Any]) -> str:
+    line = f"step {step}: loss {r['loss']:.4f}, lr {r['lr']:.2e}, grad norm {r['grad_norm']:.3f}"
+    if "tokens_per_sec" in r:
+        line += f", {r['tokens_per_sec']:,.0f} tokens/s, {r['step_time_s'] * 1e3:.0f} ms/step"
+    if r.get("mfu") is not None:
+        line += f", MFU {100 * r['mfu']:.1f}%"
+    return line
+
+
 def _evaluate(
     cfg: Config, data: Any, eval_fn: Any, params: Any, shardings: dict[str, Any], micro: int
 ) -> float:
@@ -279,6 +288,8 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         if compile_s is not None and step - start_step <= cfg.train.log_every:
                             record["compile_s"] = compile_s
                         writer.write(step, record)
+                        if main:
+                            tqdm.write(_log_line(step, record))
                         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
                         summary["loss"] = values["loss"]
                         pending, interval_steps, interval_tokens = [], 0, 0
@@ -289,9 +300,11 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         if main:
                             tqdm.write(f"step {step}: eval loss {eval_loss:.4f}, perplexity {perplexity:.2f}")
                         summary["eval_loss"] = eval_loss
-                    if cfg.train.sample_every and step % cfg.train.sample_every == 0 and main:
+                    if cfg.train.sample_every and step % cfg.train.sample_every == 0:
+                        # every process samples: the parameters are sharded over all of them
                         text = _sample(cfg, graphdef, state.params, data.tokenizer, mesh)
-                        tqdm.write(f"step {step} sample: {text!r}")
+                        if main:
+                            tqdm.write(f"step {step} sample: {text!r}")
                     if save_now:
                         # the loss saw the parameters before this step's update; check the update too
                         values["param_norm"] = float(param_norm(state.params))
@@ -306,10 +319,11 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
             writer.close()
             it.close()
 
-        if main and summary["stopped_by"] is None and step > start_step and cfg.train.sample_tokens:
-            text = _sample(cfg, graphdef, state.params, data.tokenizer, mesh)
+        if summary["stopped_by"] is None and step > start_step and cfg.train.sample_tokens:
+            text = _sample(cfg, graphdef, state.params, data.tokenizer, mesh)  # on every process, as above
             if text is not None:
-                print(f"sample: {text!r}")
+                if main:
+                    print(f"sample: {text!r}")
                 summary["sample"] = text
     summary |= {
         "workdir": str(workdir),
