@@ -1,4 +1,4 @@
-"""``gpt3-jax data prepare``: text → token shards + metadata, ready for training."""
+"""``gpt3-jax data prepare`` (text → token shards + metadata) and ``gpt3-jax data info``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     prep.add_argument("--workers", type=int, default=None, metavar="N", help="tokenizer processes (CPUs)")
     prep.set_defaults(run=run)
+    info = sub.add_parser("info", help="summarise prepared data and check it against a tokenizer")
+    info.add_argument("dir", metavar="DIR", help="a folder written by `data prepare`")
+    info.add_argument("--tokenizer", metavar="MODEL", help="check that the data was made with this model")
+    info.set_defaults(run=run_info)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,4 +39,15 @@ def run(args: argparse.Namespace) -> int:
             prepare_data(files, tokenizer, args.out, val_fraction=args.val_fraction, workers=args.workers)
         )
     )
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from gpt3_jax.data import PreparedData
+    from gpt3_jax.data.prepare import summary
+
+    data = PreparedData.load(args.dir, args.tokenizer)
+    print(summary(data))
+    tok = data.tokenizer
+    print(f"tokenizer: {tok.path} (sha256 {tok.checksum[:12]}…, {tok.vocab_size} ids)")
     return 0

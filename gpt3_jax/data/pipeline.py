@@ -127,6 +127,11 @@ class TrainIterator(Iterator[Batch]):
             )
         )
         if self._workers:
+            from absl import flags
+
+            # grain reads an absl flag in mp_prefetch before anyone parsed flags (google/grain#1355)
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
             it_ds = it_ds.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=self._workers, per_worker_buffer_size=max(self._prefetch, 1)

@@ -175,11 +175,11 @@ def summary(data: PreparedData) -> str:
     """One paragraph for the CLI: counts, and what was replaced or skipped."""
     m = data.meta
     lines = [
-        f"{data.dir}: {m['documents']:,} documents, {m['n_tokens']:,} tokens ({m['dtype']}, "
+        f"{data.dir}: {m.get('documents', 0):,} documents, {m['n_tokens']:,} tokens ({m['dtype']}, "
         f"{len(m['shards'])} shard(s)): train {m['n_train_tokens']:,}, val {m['n_val_tokens']:,}",
     ]
-    if m["invalid_utf8_bytes"]:
+    if m.get("invalid_utf8_bytes"):
         lines.append(f"warning: {m['invalid_utf8_bytes']:,} invalid UTF-8 bytes were replaced by U+FFFD")
-    if m["skipped_binary_files"]:
+    if m.get("skipped_binary_files"):
         lines.append(f"warning: skipped {len(m['skipped_binary_files'])} binary file(s) found in folders")
     return "\n".join(lines)

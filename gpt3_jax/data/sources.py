@@ -51,12 +51,15 @@ def _is_jsonl(path: Path) -> bool:
     return name.endswith(".jsonl") or name.endswith(".jsonl.gz")
 
 
-def list_inputs(paths: Sequence[str | Path]) -> list[InputFile]:
+def list_inputs(paths: Sequence[str | Path | InputFile]) -> list[InputFile]:
     """Expand files and folders (recursively, sorted, hidden entries skipped) into input files."""
     if not paths:
         raise UserError("no input given; pass text files, folders or JSONL files")
     files: list[InputFile] = []
     for raw in paths:
+        if isinstance(raw, InputFile):  # already listed (an embedded corpus)
+            files.append(raw)
+            continue
         p = Path(raw)
         if p.is_file():
             files.append(InputFile(p, p.stat().st_size, _is_jsonl(p), explicit=True))

@@ -194,6 +194,11 @@ def train_tokenizer(
             if counted.n == 0:
                 raise UserError("no text to train the tokenizer on; the inputs are empty") from None
             message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            if need := re.search(r"smaller than required_chars\. \d+ vs (\d+)", message):
+                raise UserError(
+                    f"vocab size {vocab_size} is too small for this text: its characters, the byte pieces "
+                    f"and the special ids take {need[1]}; use a vocab size >= {need[1]}"
+                ) from None
             if limit := re.search(r"Vocabulary size too high .*<= (\d+)", message):
                 raise UserError(
                     f"vocab size {vocab_size} is more than this text supports ({limit[1]}); "
