@@ -10,7 +10,8 @@ On a CPU-only machine the devices are simulated (``--xla_force_host_platform_dev
 the compiler is XLA:CPU's. Its buffer assignment is a faithful picture of what is live at once
 (state, gradients, remat-saved activations, the largest temporaries), but fusion decisions and
 therefore the exact temporary size differ from a TPU's or GPU's compiler; treat the numbers as
-an estimate within some percent, not a guarantee.
+an estimate, not a guarantee. XLA:CPU also holds some bfloat16 buffers in float32 (at 175B the
+layer-stacked residuals that remat saves: 18 GiB where a TPU would hold 9), so it errs high.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ class Plan:
     ``temp`` (XLA temporaries: gradients, saved activations, workspace), ``argument``,
     ``output`` and ``alias`` (XLA's, the donated state is aliased), and ``total`` =
     argument + output − alias + temp, the peak the step's buffers occupy.
-    ``flops_per_step`` is XLA's count for one device's program; ``flops_per_step_analytic`` is
-    ``gpt3_jax.info``'s 6N-style figure for the whole step on all devices (no remat recompute).
+    ``flops_per_step`` is XLA's cost analysis of one device's program. XLA counts a loop body
+    once, not once per trip, so with scanned layers and micro-batches it covers one layer group
+    of one micro-batch (plus what is outside the loops): compare compiled programs with it, not
+    hardware. ``flops_per_step_analytic`` is ``gpt3_jax.info``'s 6N-style figure for the whole
+    step on all devices (no remat recompute): the one to compute MFU and step time from.
     """
 
     devices: int
@@ -207,10 +211,10 @@ def format_plan(plan: Plan, hbm_gib: float | None = None) -> str:
         f"  arguments     {by['argument'] / GiB:9.2f} GiB  (state + batch; "
         f"output {by['output'] / GiB:.2f} GiB, {by['alias'] / GiB:.2f} GiB of it donated)",
         f"  total         {by['total'] / GiB:9.2f} GiB" + (f"  of {hbm_gib:g} GiB HBM" if hbm_gib else ""),
-        f"FLOPs per step: {plan.flops_per_step:.4g} per device (XLA)"
+        f"FLOPs per step: XLA {plan.flops_per_step:.4g} per device (loop bodies counted once)"
         + (
-            f", {plan.flops_per_step_analytic:.4g} for the step (6N-style, "
-            f"{plan.flops_per_step_analytic / plan.devices:.4g} per device)"
+            f"; 6N-style {plan.flops_per_step_analytic:.4g} for the step, "
+            f"{plan.flops_per_step_analytic / plan.devices:.4g} per device"
             if plan.flops_per_step_analytic
             else ""
         ),

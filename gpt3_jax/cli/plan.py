@@ -23,6 +23,11 @@ train.micro_batches micro-batches (no batch ramp). model.dtype=auto plans bfloat
 on an accelerator. Exit 2 on a mesh that does not match N, or a micro-batch that does not split
 over the data-parallel size (mesh data × fsdp).
 
+FLOPs: XLA's cost analysis of one device's program counts each loop body once (one layer group
+of one micro-batch); the 6N-style figure from `gpt3-jax info` is the one for MFU and step time.
+Memory comes from XLA:CPU's buffer assignment: a faithful picture of what is live at once, but
+XLA:CPU keeps some bfloat16 buffers in float32, so the figure errs on the high side.
+
   gpt3-jax plan configs/gpt3-175b.yaml --devices 512 mesh.fsdp=64 mesh.tensor=8 \\
       train.batch_size=2048 --hbm-gib 95
 """
