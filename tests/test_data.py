@@ -324,9 +324,11 @@ def test_stdlib_corpus_is_sorted_and_capped():
 def test_prepare_training_data_caches_and_waits(tmp_path):
     cfg = small_config(tmp_path)
     results: list = []
-    # process 1 starts first: it must wait for process 0's folders, then load them
+    # process 1 starts first: it must wait for process 0's folders, then load them (a daemon with a
+    # timeout, so that a failure in process 0 cannot hang the test session)
     waiter = threading.Thread(
-        target=lambda: results.append(prepare_training_data(cfg, tmp_path, process_index=1))
+        target=lambda: results.append(prepare_training_data(cfg, tmp_path, process_index=1, timeout_s=120)),
+        daemon=True,
     )
     waiter.start()
     data = prepare_training_data(cfg, tmp_path, progress=False)
