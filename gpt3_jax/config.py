@@ -266,6 +266,19 @@ def _one_line(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
 
+def _scalars_to_lists(layer: dict[str, Any]) -> dict[str, Any]:
+    """A single value given for a list-valued key is a one-item list: ``data.input=a.txt``."""
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+    for section, values in layer.items():
+        if section not in sections or not isinstance(values, dict):
+            continue
+        defaults = sections[section]()
+        for key, value in values.items():
+            if isinstance(getattr(defaults, key, None), tuple) and isinstance(value, str | int | float):
+                values[key] = [value]
+    return layer
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides.
 
@@ -289,13 +302,19 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise UserError(f"{p}: not valid YAML{line}; fix the syntax") from None
         if not isinstance(loaded, dict):
             raise UserError(f"{p}: the top level must be a mapping of sections (model:, train:, ...)")
-        layers.append(loaded)
+        layers.append(_scalars_to_lists(loaded))
     for item in overrides:
         key, sep, _ = item.partition("=")
         if not sep or not key or "." not in key:
             raise UserError(f"override {item!r} is not section.key=value (for example train.steps=100)")
     try:
-        merged = OmegaConf.merge(*layers, OmegaConf.from_dotlist(list(overrides)))
+        try:
+            dotlist = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+        except yaml.YAMLError:
+            raise UserError(
+                f"overrides {' '.join(overrides)!r}: a value is not valid YAML; quote it or fix the brackets"
+            ) from None
+        merged = OmegaConf.merge(*layers, _scalars_to_lists(dotlist))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise UserError(_one_line(exc)) from None
