@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -224,3 +225,161 @@ def test_sigterm_stops_every_process_at_the_same_step(tmp_path: Path) -> None:
     log1 = (tmp_path / "logs" / "process_1.log").read_text()
     step0 = out.split("STOPPED 0 ")[1].split()[0]
     assert f"STOPPED 1 {step0} SIGTERM" in log1, (out, log1)
+
+
+# --- training on several processes (slow: each run is tens of seconds on 2 shared cores) -------
+
+STEPS = 30
+TEXT_FILES = ("json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "bisect.py", "heapq.py")
+TRAIN = (  # a 2-layer, d 32 model; one loss record per step; fsdp over all 4 devices
+    "model.n_layer=2",
+    "model.d_model=32",
+    "model.n_head=2",
+    "model.n_ctx=32",
+    "model.vocab_size=128",
+    "model.local_window=8",
+    "model.dtype=float32",
+    "mesh.fsdp=4",
+    "train.batch_size=8",
+    f"train.steps={STEPS}",
+    "train.log_every=1",
+    "train.sample_tokens=0",
+    "checkpoint.every=5",
+    "data.val_fraction=0.1",
+)
+
+
+@pytest.fixture(scope="module")
+def train_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict[str, str]]:
+    """The ``gpt3-jax`` arguments (less run.workdir) and environment for the training runs."""
+    import sysconfig
+
+    from gpt3_jax.data import train_tokenizer
+
+    root = tmp_path_factory.mktemp("multihost_data")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    text = root / "text.txt"
+    text.write_text("".join((stdlib / f).read_text() for f in TEXT_FILES))
+    tok = train_tokenizer([text], 128, root / "tokenizer", "char", progress=False)
+    args = [
+        "train",
+        str(ROOT / "configs" / "tiny.yaml"),
+        f"data.input=[{text}]",
+        f"data.tokenizer={tok.path}",
+        f"data.cache_dir={root / 'cache'}",
+        *TRAIN,
+    ]
+    # A compilation cache shared by the runs: same programs, same numbers, less time.
+    env = {
+        "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    return args, env
+
+
+def _train(
+    setup: tuple[list[str], dict[str, str]], n: int, k: int, workdir: Path, **env: str
+) -> tuple[int, str]:
+    args, extra = setup
+    logs = workdir.parent / f"{workdir.name}_logs_{n}x{k}"
+    proc = _local(
+        n, k, [*args, f"run.workdir={workdir}"], _env(workdir.parent, **extra, LOG_DIR=str(logs), **env)
+    )
+    return _finish(proc, timeout=900)
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    from gpt3_jax.training.metrics import read_metrics
+
+    return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
+
+
+def _assert_same(got: dict[int, float], want: dict[int, float], steps: range) -> None:
+    for s in steps:
+        assert got[s] == pytest.approx(want[s], rel=1e-5), f"step {s}: {got[s]} vs {want[s]}"
+
+
+def _checkpoints(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def baseline(train_setup: tuple[list[str], dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One process × 4 devices, uninterrupted: the losses every other layout must reproduce."""
+    workdir = tmp_path_factory.mktemp("baseline") / "run"
+    rc, out = _train(train_setup, 1, 4, workdir)
+    assert rc == 0, out[-3000:]
+    losses = _losses(workdir)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    return losses
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(train_setup, baseline, tmp_path: Path) -> None:
+    """2 processes × 2 devices, parameters sharded over both: the same losses as 1 × 4; only
+    process 0 logs, writes metrics and TensorBoard, and shows progress."""
+    workdir = tmp_path / "run"
+    rc, out = _train(train_setup, 2, 2, workdir)
+    assert rc == 0, out[-3000:]
+    assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in out
+    _assert_same(_losses(workdir), baseline, range(1, STEPS + 1))
+
+    from gpt3_jax.training.metrics import read_metrics
+
+    steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
+    assert len(steps) == len(set(steps)) == STEPS, "a step was logged by more than one process"
+    assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
+    log1 = next(tmp_path.glob("run_logs_2x2/process_1.log")).read_text()
+    assert "step 1: loss" in out and "step 1: loss" not in log1 and "train:" not in log1
+    assert _checkpoints(workdir)[-1] == STEPS
+
+
+@pytest.mark.slow
+def test_preempted_two_processes_resume_on_one_and_on_four(train_setup, baseline, tmp_path: Path) -> None:
+    """SIGTERM to every process of a 2 × 2 run: they stop at one step and save; the run then
+    continues as 1 × 4 and as 4 × 1 with the losses of the uninterrupted run."""
+    args, extra = train_setup
+    workdir = tmp_path / "run"
+    env = _env(tmp_path, **extra, LOG_DIR=str(tmp_path / "logs"))
+    proc = _local(2, 2, [*args, f"run.workdir={workdir}", "checkpoint.every=0"], env)
+    _wait_for(workdir / "metrics.jsonl", '"step": 5,', proc, timeout=600)
+    os.kill(proc.pid, signal.SIGTERM)  # local.sh passes it on to both processes
+    rc, out = _finish(proc, timeout=300)
+    assert rc == 0, out[-3000:]
+    stopped = _checkpoints(workdir)
+    assert len(stopped) == 1 and 5 <= stopped[0] < STEPS, stopped  # checkpoint.every=0: only the stop's
+    _assert_same(_losses(workdir), baseline, range(1, stopped[0] + 1))
+
+    for n, k in ((1, 4), (4, 1)):
+        copy = tmp_path / f"resume_{n}x{k}"
+        shutil.copytree(workdir, copy)
+        rc, out = _train(train_setup, n, k, copy)
+        assert rc == 0, out[-3000:]
+        assert f"resumed from step {stopped[0]}" in out
+        _assert_same(_losses(copy), baseline, range(1, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_killed_process_then_restart_resumes(train_setup, baseline, tmp_path: Path) -> None:
+    """SIGKILL one of two processes mid-run: the other stops by itself (JAX's heartbeat; local.sh
+    would wait far longer), naming the cause; the same command then resumes from the last
+    complete checkpoint and ends with the uninterrupted run's losses."""
+    args, extra = train_setup
+    workdir = tmp_path / "run"
+    env = _env(tmp_path, **extra, LOG_DIR=str(tmp_path / "logs"), GRACE_S="300")
+    proc = _local(2, 2, [*args, f"run.workdir={workdir}"], env)
+    _wait_for(workdir / "metrics.jsonl", '"step": 12,', proc, timeout=600)
+    killed_at = time.monotonic()
+    os.kill(_children(proc.pid)[1], signal.SIGKILL)
+    rc, out = _finish(proc, timeout=300)
+    took = time.monotonic() - killed_at
+    assert rc != 0 and "process 1 was killed by signal 9" in out
+    assert "another task died" in out
+    assert took < HEARTBEAT_S + 60, f"process 0 took {took:.0f}s to stop"
+    saved = _checkpoints(workdir)
+    assert saved and saved[-1] >= 5, saved
+
+    rc, out = _train(train_setup, 2, 2, workdir)
+    assert rc == 0, out[-3000:]
+    assert f"resumed from step {saved[-1]}" in out
+    _assert_same(_losses(workdir), baseline, range(1, STEPS + 1))
