@@ -144,6 +144,14 @@ def test_bad_settings_are_one_line_errors(
         distributed.initialize(**kwargs)
 
 
+def test_train_flags_are_checked_before_jax_starts(clean_env: pytest.MonkeyPatch, capsys) -> None:
+    from gpt3_jax.cli import main
+
+    config = str(ROOT / "configs" / "tiny.yaml")
+    assert main(["train", config, "--coordinator", "127.0.0.1:1234", "--num-processes", "2"]) == 2
+    assert "error: multi-process run without --process-id" in capsys.readouterr().err
+
+
 # --- real processes through local.sh ----------------------------------------------------------
 
 
