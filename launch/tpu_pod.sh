@@ -4,7 +4,7 @@
 # workers by itself on a TPU VM (gpt3_jax/distributed.py); no coordinator flags are needed.
 #
 #   launch/tpu_pod.sh --name gpt3 --zone us-east5-a --accelerator v5p-1024 --queued \
-#       -- train configs/gpt3-175b.yaml data.input=[/data/corpus] run.workdir=gs://BUCKET/gpt3-175b
+#       -- train configs/gpt3-175b.yaml data.input=[/mnt/gcs/data] run.workdir=/mnt/gcs/gpt3-175b
 #   launch/tpu_pod.sh --name gpt3 --zone us-east5-a --logs      # stream worker 0's log again
 #   launch/tpu_pod.sh --name gpt3 --zone us-east5-a --stop      # SIGTERM: save a checkpoint, stop
 #   launch/tpu_pod.sh --name gpt3 --zone us-east5-a --delete    # tear the slice down
@@ -31,9 +31,9 @@ usage: launch/tpu_pod.sh --name NAME --zone ZONE [options] [-- GPT3_JAX_ARGS...]
   --dry-run            print the commands instead of running them
 
 GPT3_JAX_ARGS, after --, are passed verbatim to `gpt3-jax` on every worker, e.g.
-  -- train configs/gpt3-xl.yaml run.workdir=gs://BUCKET/run
-Checkpoints must go to storage all workers share (a gs:// bucket), and the config path is
-relative to the checkout copied to the workers.
+  -- train configs/gpt3-xl.yaml run.workdir=/mnt/gcs/runs/xl
+Checkpoints must go to storage all workers share (e.g. a bucket mounted with gcsfuse at
+/mnt/gcs on each; see docs/launch.md); the config path is relative to the copied checkout.
 EOF
 }
 
