@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     lm = load(args.checkpoint, tokenizer=args.tokenizer)
     prompt = _prompt(args, lm)
+    lm.sampler.prepare([prompt], args.max_new_tokens)  # empty or too long: fail before compiling
     n_ctx = lm.cfg.model.n_ctx
     if prompt and len(prompt) < n_ctx and len(prompt) + args.max_new_tokens > n_ctx:
         print(

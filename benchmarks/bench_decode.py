@@ -1,0 +1,126 @@
+"""Decode speed of the KV-cache sampler vs transformers' ``generate`` on the same GPT-2 weights.
+
+    python benchmarks/bench_decode.py                       # GPT-2 124M shape, batch 1 and 8
+    python benchmarks/bench_decode.py --batches 1 --new-tokens 64 --skip-hf
+
+A random GPT-2 124M (``GPT2LMHeadModel(GPT2Config())``) is saved, converted with
+``gpt3_jax.convert.from_hf`` and both models decode greedily from the same random prompt. Decode
+speed is measured as (N - 1) / (T(N) - T(1)), with T(n) the wall time of a generate call producing
+n tokens, so prefill, compile and per-call overhead cancel out. The memory-bandwidth bound is the
+bytes one decode step must read (every parameter, plus the KV cache at half the generation) divided
+by a numpy memcpy bandwidth measured here (bytes read + written per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+
+def memcpy_bandwidth(size_mb: int = 512, repeats: int = 5) -> float:
+    """Bytes moved (read + write) per second by numpy copying ``size_mb`` MiB; best of ``repeats``."""
+    src = np.ones(size_mb * 2**20 // 8, np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def decode_rate(generate, n: int, repeats: int) -> float:
+    """Tokens per second of the decode loop alone: (n - 1) / (T(n) - T(1))."""
+    generate(1), generate(n)  # compile / warm up both shapes
+    t1, tn = best_time(lambda: generate(1), repeats), best_time(lambda: generate(n), repeats)
+    return (n - 1) / max(tn - t1, 1e-9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-hf", action="store_true", help="only our sampler")
+    parser.add_argument("--n-layer", type=int, default=12, help="smaller for a quick check")
+    args = parser.parse_args()
+
+    import jax
+    import torch
+    from flax import nnx
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gpt3_jax.convert import from_hf
+    from gpt3_jax.sampling import Sampler
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=args.n_layer)).eval()
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        cfg, model = from_hf(d)
+    sampler = Sampler(model)  # no end-of-text: every row runs the full budget, like min_new_tokens
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    bandwidth = memcpy_bandwidth()
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in args.batches:
+        prompts = rng.integers(0, cfg.model.vocab_size, (b, args.prompt_len))
+        ours = decode_rate(
+            lambda n, p=prompts: sampler.generate(p.tolist(), n), args.new_tokens, args.repeats
+        )
+        check = sampler.generate(prompts.tolist(), 16).ids
+        m = cfg.model
+        cache = 2 * m.n_layer * b * (args.prompt_len + args.new_tokens // 2) * m.d_model * 4
+        bound = bandwidth / (n_params * 4 + cache)
+        row = {"batch": b, "ours_tok_s": ours * b, "ours_steps_s": ours, "bound_steps_s": bound}
+        if not args.skip_hf:
+            ids = torch.as_tensor(prompts)
+
+            def hf_generate(n: int, ids=ids) -> torch.Tensor:
+                with torch.inference_mode():
+                    return hf.generate(
+                        ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=n,
+                        min_new_tokens=n,
+                        do_sample=False,
+                        pad_token_id=0,
+                    )
+
+            theirs = decode_rate(hf_generate, args.new_tokens, args.repeats)
+            same = hf_generate(16)[:, args.prompt_len :].tolist() == check
+            row |= {"hf_tok_s": theirs * b, "speedup": ours / theirs, "same_greedy_tokens": same}
+        rows.append(row)
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                "memcpy_GB_s": round(bandwidth / 1e9, 2),
+                "params": n_params,
+                "torch_threads": torch.get_num_threads(),
+                "jax": jax.__version__,
+                "date": time.strftime("%Y-%m-%d"),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
