@@ -51,11 +51,10 @@ def run_ours(text: Path, workdir: Path, extra: list[str]) -> dict:
     }
 
 
-def run_nanogpt(text: Path) -> dict:
+def run_nanogpt(text: Path, threads: int) -> dict:
     script = ROOT / "benchmarks" / "nanogpt_shakespeare_char.py"
-    out = subprocess.run(
-        [sys.executable, str(script), str(text), "--json"], check=True, capture_output=True, text=True
-    )
+    cmd = [sys.executable, str(script), str(text), "--json", "--threads", str(threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -67,6 +66,7 @@ def main() -> None:
     parser.add_argument(
         "--nanogpt", action="store_true", help="also time the PyTorch nanoGPT re-implementation"
     )
+    parser.add_argument("--nanogpt-threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--workdir", type=Path, help="default: a fresh temporary folder")
     parser.add_argument("overrides", nargs="*", help="extra section.key=value overrides for our run")
     args = parser.parse_args()
@@ -82,7 +82,7 @@ def main() -> None:
         "passes": ours["val_loss"] <= TARGET,
     }
     if args.nanogpt:
-        result["nanogpt_pytorch"] = run_nanogpt(text)
+        result["nanogpt_pytorch"] = run_nanogpt(text, args.nanogpt_threads)
     print(json.dumps(result, indent=2))
     sys.exit(0 if result["passes"] else 1)
 

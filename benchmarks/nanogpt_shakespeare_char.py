@@ -92,7 +92,11 @@ def main() -> None:
     )
     parser.add_argument("text", type=Path)
     parser.add_argument("--json", action="store_true", help="print one JSON line at the end")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        # on a busy 2-core machine, 2 intra-op threads can be several times slower than 1
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     torch.manual_seed(1337)
