@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -19,7 +20,20 @@ COMMANDS = ("train", "sample", "eval", "tokenizer", "data", "plan", "info", "con
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors as one line; exit code 2 as argparse's own."""
+    """argparse with usage errors as one line (exit code 2, as argparse's own), and, in each
+    subcommand, overrides allowed after options (``plan CFG --devices 8 mesh.fsdp=8``), which
+    plain argparse rejects once its ``nargs="*"`` positional has matched empty before an option."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls back into this method
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -49,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `gpt3-jax info ... | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -36,22 +36,6 @@ DEVICE_FLAG = "--xla_force_host_platform_device_count"
 REEXEC_MARK = "GPT3_JAX_PLAN_CHILD"
 
 
-class _Intermixed:
-    """Parser mixin: overrides may come after options (``plan CFG --devices 8 mesh.fsdp=8``), which
-    plain argparse rejects once its ``nargs="*"`` positional has matched empty before the option."""
-
-    _intermixing = False
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
-        if self._intermixing:  # parse_known_intermixed_args calls back into this method
-            return super().parse_known_args(args, namespace)  # type: ignore[misc]
-        self._intermixing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)  # type: ignore[attr-defined]
-        finally:
-            self._intermixing = False
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "plan",
@@ -59,7 +43,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.__class__ = type("PlanParser", (_Intermixed, type(parser)), {})
     add_config_args(parser)
     parser.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
     parser.add_argument(
