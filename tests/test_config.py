@@ -22,3 +22,12 @@ def test_override_that_is_not_yaml_is_one_line_error():
 def test_overrides_win_over_the_file():
     cfg = load_config("configs/tiny.yaml", ["train.steps=7", "model.remat=full"])
     assert (cfg.train.steps, cfg.model.remat, cfg.model.n_layer) == (7, "full", 4)
+
+
+def test_cli_takes_overrides_after_options(capsys):
+    import json
+
+    from gpt3_jax.cli import main
+
+    assert main(["info", "configs/tiny.yaml", "--json", "model.n_layer=8"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"] == 8
