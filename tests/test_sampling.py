@@ -62,8 +62,8 @@ def test_cached_decode_matches_full_forward_at_every_position(model: GPT) -> Non
         tokens[r, pad[r] :] = text[r, :n]
     prefill = jax.jit(decode.prefill, static_argnums=(0, 3), static_argnames="all_logits")
     logits, cache = prefill(model, jnp.asarray(tokens), jnp.asarray(pad), p + steps, all_logits=True)
-    assert cache.k[1].shape[2] == CFG.local_window  # the local layers' ring buffer
-    assert cache.k[0].shape[2] == p + steps
+    assert cache.k[1].shape[1] == CFG.local_window  # the local layers' ring buffer
+    assert cache.k[0].shape[1] == p + steps
     for r, n in enumerate(lens):
         np.testing.assert_allclose(np.asarray(logits)[r, pad[r] :], full[r, :n], atol=1e-5, rtol=1e-5)
     step = jax.jit(decode.step, static_argnums=0)

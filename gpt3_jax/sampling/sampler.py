@@ -82,10 +82,12 @@ def _record(state: DecodeState, token, logprob, vocab: Vocab) -> DecodeState:
     return DecodeState(state.i + 1, token, done, tokens, logprobs, state.pad, state.key, state.cache, state.p)
 
 
-def start(model, tokens, pad, key, *, method: Method, n: int, s_max: int, vocab: Vocab) -> DecodeState:
+def start(
+    model, groups, tokens, pad, key, *, method: Method, n: int, s_max: int, vocab: Vocab
+) -> DecodeState:
     """Prefill the left-padded prompts tokens [b, p] and produce each row's first token."""
     b, p = tokens.shape
-    logits, cache = decode.prefill(model, tokens, pad, s_max)
+    logits, cache = decode.prefill(model, tokens, pad, s_max, groups=groups)
     empty = DecodeState(
         i=jnp.zeros((), jnp.int32),
         token=jnp.zeros((b,), jnp.int32),
@@ -100,7 +102,7 @@ def start(model, tokens, pad, key, *, method: Method, n: int, s_max: int, vocab:
     return _record(empty, *_pick(logits, key, empty.i, method, vocab), vocab)
 
 
-def run(model, state: DecodeState, stop_at, *, method: Method, vocab: Vocab) -> DecodeState:
+def run(model, groups, state: DecodeState, stop_at, *, method: Method, vocab: Vocab) -> DecodeState:
     """Decode until ``stop_at`` tokens per row (at most the budget) or every row is done."""
     limit = jnp.minimum(stop_at, state.tokens.shape[1])
 
@@ -109,7 +111,7 @@ def run(model, state: DecodeState, stop_at, *, method: Method, vocab: Vocab) -> 
 
     def body(s: DecodeState) -> DecodeState:
         t = s.p - 1 + s.i
-        logits, cache = decode.step(model, s.token, t, s.pad, s.cache)
+        logits, cache = decode.step(model, s.token, t, s.pad, s.cache, groups)
         s = DecodeState(s.i, s.token, s.done, s.tokens, s.logprobs, s.pad, s.key, cache, s.p)
         return _record(s, *_pick(logits, s.key, s.i, method, vocab), vocab)
 
@@ -118,20 +120,20 @@ def run(model, state: DecodeState, stop_at, *, method: Method, vocab: Vocab) -> 
 
 @partial(jax.jit, static_argnames=("graphdef", "method", "n", "s_max", "vocab"))
 def _generate(graphdef, params, tokens, pad, key, max_new, *, method, n, s_max, vocab):
-    model = nnx.merge(graphdef, params)
-    state = start(model, tokens, pad, key, method=method, n=n, s_max=s_max, vocab=vocab)
-    return run(model, state, max_new, method=method, vocab=vocab)
+    model, groups = nnx.merge(graphdef, params[0]), params[1]
+    state = start(model, groups, tokens, pad, key, method=method, n=n, s_max=s_max, vocab=vocab)
+    return run(model, groups, state, max_new, method=method, vocab=vocab)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "method", "n", "s_max", "vocab"))
 def _start(graphdef, params, tokens, pad, key, *, method, n, s_max, vocab):
-    model = nnx.merge(graphdef, params)
-    return start(model, tokens, pad, key, method=method, n=n, s_max=s_max, vocab=vocab)
+    model, groups = nnx.merge(graphdef, params[0]), params[1]
+    return start(model, groups, tokens, pad, key, method=method, n=n, s_max=s_max, vocab=vocab)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "method", "vocab"), donate_argnames=("state",))
 def _run(graphdef, params, state, stop_at, *, method, vocab):
-    return run(nnx.merge(graphdef, params), state, stop_at, method=method, vocab=vocab)
+    return run(nnx.merge(graphdef, params[0]), params[1], state, stop_at, method=method, vocab=vocab)
 
 
 @dataclass
@@ -171,7 +173,9 @@ class Sampler:
     ):
         self.cfg = model.cfg
         self.mesh = mesh
-        self.graphdef, self.params = nnx.split(model)
+        # (model state, per-group weights): the decode loop reads the split copy (``decode.unstack``).
+        self.graphdef, state = nnx.split(model)
+        self.params = (state, decode.unstack(model))
         self.vocab = Vocab(vocab_size or self.cfg.vocab_size, -1 if eot_id is None else int(eot_id))
         self.stream_chunk = stream_chunk
 
