@@ -49,9 +49,11 @@ def _forward(model: GPT, tokens: jax.Array) -> jax.Array:
     return model(tokens)
 
 
-def test_cached_decode_matches_full_forward_at_every_position(model: GPT) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["stacked", "split"])
+def test_cached_decode_matches_full_forward_at_every_position(model: GPT, split: bool) -> None:
     """Left-padded batch, prompts longer than the window (4), then 20 steps past it: the prefill
-    logits and every decode step's logits equal the full forward pass of each unpadded row."""
+    logits and every decode step's logits equal the full forward pass of each unpadded row.
+    ``split``: the weights split per layer once (``decode.unstack``), as the sampler's loop runs."""
     rng = np.random.default_rng(1)
     text = rng.integers(0, CFG.vocab_size, (2, 40))
     full = np.asarray(model(jnp.asarray(text)))
@@ -60,8 +62,11 @@ def test_cached_decode_matches_full_forward_at_every_position(model: GPT) -> Non
     pad = np.array([p - n for n in lens], np.int32)
     for r, n in enumerate(lens):
         tokens[r, pad[r] :] = text[r, :n]
+    groups = decode.unstack(model) if split else None
     prefill = jax.jit(decode.prefill, static_argnums=(0, 3), static_argnames="all_logits")
-    logits, cache = prefill(model, jnp.asarray(tokens), jnp.asarray(pad), p + steps, all_logits=True)
+    logits, cache = prefill(
+        model, jnp.asarray(tokens), jnp.asarray(pad), p + steps, all_logits=True, groups=groups
+    )
     assert cache.k[1].shape[1] == CFG.local_window  # the local layers' ring buffer
     assert cache.k[0].shape[1] == p + steps
     for r, n in enumerate(lens):
@@ -69,7 +74,7 @@ def test_cached_decode_matches_full_forward_at_every_position(model: GPT) -> Non
     step = jax.jit(decode.step, static_argnums=0)
     for i in range(steps):
         token = np.array([text[r, lens[r] + i] for r in range(2)], np.int32)
-        logits, cache = step(model, jnp.asarray(token), jnp.int32(p + i), jnp.asarray(pad), cache)
+        logits, cache = step(model, jnp.asarray(token), jnp.int32(p + i), jnp.asarray(pad), cache, groups)
         for r in range(2):
             np.testing.assert_allclose(np.asarray(logits)[r], full[r, lens[r] + i], atol=1e-5, rtol=1e-5)
 
