@@ -6,9 +6,11 @@
 A random GPT-2 124M (``GPT2LMHeadModel(GPT2Config())``) is saved, converted with
 ``gpt3_jax.convert.from_hf`` and both models decode greedily from the same random prompt. Decode
 speed is measured as (N - 1) / (T(N) - T(1)), with T(n) the wall time of a generate call producing
-n tokens, so prefill, compile and per-call overhead cancel out. The memory-bandwidth bound is the
-bytes one decode step must read (every parameter, plus the KV cache at half the generation) divided
-by a numpy memcpy bandwidth measured here (bytes read + written per second).
+n tokens, so prefill, compile and per-call overhead cancel out. On a shared machine the load swings
+from second to second, so each repeat times ours and then transformers back to back and the
+reported rates are medians over repeats (every repeat's rates are printed too). The memory-bandwidth
+bound is the bytes one decode step must read (every parameter, plus the KV cache at half the
+generation) divided by a numpy memcpy bandwidth measured here (bytes read + written per second).
 """
 
 from __future__ import annotations
@@ -35,20 +37,27 @@ def memcpy_bandwidth(size_mb: int = 512, repeats: int = 5) -> float:
     return 2 * src.nbytes / best
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
-def decode_rate(generate, n: int, repeats: int) -> float:
-    """Tokens per second of the decode loop alone: (n - 1) / (T(n) - T(1))."""
-    generate(1), generate(n)  # compile / warm up both shapes
-    t1, tn = best_time(lambda: generate(1), repeats), best_time(lambda: generate(n), repeats)
+def decode_rate(generate, n: int) -> float:
+    """Steps per second of the decode loop alone: (n - 1) / (T(n) - T(1)), one measurement."""
+    t1, tn = timed(lambda: generate(1)), timed(lambda: generate(n))
     return (n - 1) / max(tn - t1, 1e-9)
+
+
+def interleaved_rates(generators: dict, n: int, repeats: int) -> dict[str, list[float]]:
+    """Per repeat, every generator's decode rate in turn (so they share the machine's load)."""
+    for generate in generators.values():
+        generate(1), generate(n)  # compile / warm up both shapes
+    rates: dict[str, list[float]] = {name: [] for name in generators}
+    for _ in range(repeats):
+        for name, generate in generators.items():
+            rates[name].append(decode_rate(generate, n))
+    return rates
 
 
 def main() -> None:
@@ -81,14 +90,7 @@ def main() -> None:
     rows = []
     for b in args.batches:
         prompts = rng.integers(0, cfg.model.vocab_size, (b, args.prompt_len))
-        ours = decode_rate(
-            lambda n, p=prompts: sampler.generate(p.tolist(), n), args.new_tokens, args.repeats
-        )
-        check = sampler.generate(prompts.tolist(), 16).ids
-        m = cfg.model
-        cache = 2 * m.n_layer * b * (args.prompt_len + args.new_tokens // 2) * m.d_model * 4
-        bound = bandwidth / (n_params * 4 + cache)
-        row = {"batch": b, "ours_tok_s": ours * b, "ours_steps_s": ours, "bound_steps_s": bound}
+        generators = {"ours": lambda n, p=prompts: sampler.generate(p.tolist(), n)}
         if not args.skip_hf:
             ids = torch.as_tensor(prompts)
 
@@ -103,9 +105,20 @@ def main() -> None:
                         pad_token_id=0,
                     )
 
-            theirs = decode_rate(hf_generate, args.new_tokens, args.repeats)
+            generators["hf"] = hf_generate
+        rates = interleaved_rates(generators, args.new_tokens, args.repeats)
+        ours = float(np.median(rates["ours"]))
+        m = cfg.model
+        cache = 2 * m.n_layer * b * (args.prompt_len + args.new_tokens // 2) * m.d_model * 4
+        bound = bandwidth / (n_params * 4 + cache)
+        row = {"batch": b, "ours_tok_s": ours * b, "ours_steps_s": ours, "bound_steps_s": bound}
+        row["ours_steps_s_each"] = [round(r, 2) for r in rates["ours"]]
+        if not args.skip_hf:
+            theirs = float(np.median(rates["hf"]))
+            check = sampler.generate(prompts.tolist(), 16).ids
             same = hf_generate(16)[:, args.prompt_len :].tolist() == check
             row |= {"hf_tok_s": theirs * b, "speedup": ours / theirs, "same_greedy_tokens": same}
+            row["hf_steps_s_each"] = [round(r, 2) for r in rates["hf"]]
         rows.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     print(
@@ -117,6 +130,7 @@ def main() -> None:
                 "torch_threads": torch.get_num_threads(),
                 "jax": jax.__version__,
                 "date": time.strftime("%Y-%m-%d"),
+                "load_average": [round(x, 2) for x in os.getloadavg()],
             }
         )
     )
