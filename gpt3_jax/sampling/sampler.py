@@ -160,6 +160,8 @@ class Sampler:
     """Generation for one model: ``Sampler(model).generate([[ids...], ...], max_new_tokens)``.
 
     Inside ``jax.set_mesh(mesh)`` with a sharded model, the cache is sharded by the same rules.
+    The sampler keeps its own copy of the layer weights split per layer group (``decode.unstack``:
+    the decode loop then reads them in place), so it holds about one more copy of those weights.
     """
 
     def __init__(
