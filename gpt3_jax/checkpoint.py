@@ -106,11 +106,9 @@ def abstract_params(
 ) -> tuple[nnx.GraphDef, nnx.State]:
     """The model's graph and abstract parameter state, with shardings on ``mesh`` when given."""
     from gpt3_jax import sharding
-    from gpt3_jax.model import GPT
+    from gpt3_jax.model import abstract_gpt
 
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)  # the model holds only nnx.Param
+    graphdef, state = abstract_gpt(cfg.model)
     if mesh is not None:
         shardings = sharding.state_shardings(state, mesh, rules or sharding.DEFAULT_RULES)
         state = jax.tree.map(

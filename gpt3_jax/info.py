@@ -72,14 +72,12 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
     import math
 
     import jax
-    from flax import nnx
 
-    from gpt3_jax.model import GPT
+    from gpt3_jax.model import abstract_gpt
 
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+    _, params = abstract_gpt(cfg)
     counts = dict.fromkeys((*EMBEDDINGS, *BLOCK_MATMULS, NORMS_AND_BIASES), 0)
-    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(abstract, nnx.Param).to_pure_dict())
+    leaves = jax.tree_util.tree_leaves_with_path(params.to_pure_dict())
     for path, leaf in leaves:
         counts[_kind(path)] += math.prod(leaf.shape)
     return counts

@@ -93,6 +93,9 @@ def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec
     return PartitionSpec(*fitted)
 
 
+_ACTIVE_RULES: list[Rules] = [DEFAULT_RULES]  # the table `use_rules` sets, for traced code
+
+
 # --- parameters -----------------------------------------------------------------------------
 
 
@@ -140,9 +143,14 @@ def state_shardings(state: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-# --- activations ----------------------------------------------------------------------------
+def eval_shape(build: Callable[[], Any]) -> Any:
+    """``nnx.eval_shape(build)`` that works with or without a mesh set: nothing is sharded
+    eagerly, and logical names resolve through the active rules table if Flax asks."""
+    with nnx.use_eager_sharding(False), nnx.logical_axis_rules(_ACTIVE_RULES[-1]):
+        return nnx.eval_shape(build)
 
-_ACTIVE_RULES: list[Rules] = [DEFAULT_RULES]
+
+# --- activations ----------------------------------------------------------------------------
 
 
 class use_rules:

@@ -153,3 +153,21 @@ def test_attend_matches_softmax_of_masked_scores():
     scores = jnp.einsum("btnh,bsnh->bnts", q, k) / 2.0
     probs = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), -1)
     np.testing.assert_allclose(attend(q, k, v, mask), jnp.einsum("bnts,bsnh->btnh", probs, v), atol=1e-6)
+
+
+def test_abstract_model_builds_inside_and_outside_a_mesh(tiny_model_config):
+    """Shapes and logical names come out the same whether or not a mesh is set (Flax shards
+    annotated variables eagerly when one is)."""
+    from gpt3_jax import sharding
+    from gpt3_jax.model import abstract_gpt
+
+    _, outside = abstract_gpt(tiny_model_config)
+    mesh = jax.make_mesh((1, 4, 2), sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    with jax.set_mesh(mesh):
+        _, inside = abstract_gpt(tiny_model_config)
+
+    def described(state):
+        is_var = lambda x: isinstance(x, nnx.Variable)
+        return jax.tree.map(lambda v: (v.shape, sharding.logical_names(v)), state, is_leaf=is_var)
+
+    assert described(outside) == described(inside)

@@ -12,7 +12,7 @@ Logical axis names on parameters: ``vocab``, ``embed``, ``mlp``, ``heads``, ``he
 
 from gpt3_jax.model.attention import attend, causal_mask
 from gpt3_jax.model.layers import MLP, Attention, Block, Embed, LayerNorm, compute_dtype
-from gpt3_jax.model.transformer import GPT, BlockGroup
+from gpt3_jax.model.transformer import GPT, BlockGroup, abstract_gpt
 
 __all__ = [
     "GPT",
@@ -22,6 +22,7 @@ __all__ = [
     "BlockGroup",
     "Embed",
     "LayerNorm",
+    "abstract_gpt",
     "attend",
     "causal_mask",
     "compute_dtype",

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gpt3_jax import sharding
 from gpt3_jax.config import ModelConfig
 from gpt3_jax.model.layers import Block, Embed, LayerNorm, dropout
 from gpt3_jax.sharding import constrain
@@ -22,6 +23,12 @@ REMAT_POLICIES = {
     "full": None,  # save nothing but the group's input
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
 }
+
+
+def abstract_gpt(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """GPT's static graph and abstract parameters (shapes, dtypes, logical names): no memory, no
+    device, inside or outside a mesh context."""
+    return nnx.split(sharding.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))))  # only nnx.Param
 
 
 class BlockGroup(nnx.Module):

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gpt3_jax import sharding
 from gpt3_jax.config import Config
-from gpt3_jax.model import GPT
+from gpt3_jax.model import GPT, abstract_gpt
 
 
 @jax.tree_util.register_dataclass
@@ -33,9 +33,7 @@ class TrainState:
 
 def model_graphdef_and_abstract(cfg: Config) -> tuple[nnx.GraphDef, nnx.State]:
     """The model's static graph and abstract parameters, built without touching a device."""
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(0)))
-    return nnx.split(abstract)  # the model holds only nnx.Param
+    return abstract_gpt(cfg.model)
 
 
 def abstract_state(cfg: Config, tx: optax.GradientTransformation) -> TrainState:
