@@ -12,7 +12,7 @@
 # on their own (JAX stops them once the dead one misses its heartbeats), then SIGTERM, then
 # SIGKILL. Exit status: 0 if all processes exit 0, else the first failure's status.
 #
-# Environment: GPT3_JAX (the command, default `gpt3-jax`, or `python -m gpt3_jax` if that is not
+# Environment: GPT3_JAX (the command, default `gpt3-jax`, or `python3 -m gpt3_jax` if that is not
 # on PATH), LOG_DIR, GRACE_S, GPT3_JAX_HEARTBEAT_TIMEOUT (seconds; see gpt3_jax/distributed.py).
 set -euo pipefail
 
@@ -35,7 +35,7 @@ if [[ -n ${GPT3_JAX:-} ]]; then
 elif command -v gpt3-jax > /dev/null; then
   cmd=(gpt3-jax)
 else
-  cmd=(python -m gpt3_jax)
+  cmd=(python3 -m gpt3_jax)
 fi
 
 log_dir=${LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/gpt3-jax-local.XXXXXX")}

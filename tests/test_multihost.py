@@ -36,6 +36,8 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "LOG_DIR": str(tmp_path / "logs"),
         "GRACE_S": "60",
         "PYTHONPATH": str(ROOT),
+        # this interpreter's gpt3_jax, whether or not its venv is on PATH (make test does not activate it)
+        "GPT3_JAX": f"{sys.executable} -m gpt3_jax",
     }
     return env | extra
 
