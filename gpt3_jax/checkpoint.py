@@ -73,7 +73,10 @@ def tokenizer_path(path: str | Path) -> Path | None:
 def load_config(path: str | Path) -> Config:
     root, step = resolve(path)
     mgr = manager(root, item_names=PARAMS_ONLY)
-    restored = mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    try:
+        restored = mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    finally:
+        mgr.close()
     return config_from_dict(restored.config)
 
 
@@ -135,14 +138,23 @@ def load_model(
     if model_overrides:
         cfg = cfg.replace(model=dataclasses.replace(cfg.model, **model_overrides))
     graphdef, abstract = abstract_params(cfg, mesh, rules)
-    target = jax.tree.map(
-        lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", None)),
-        abstract.to_pure_dict(),
-    )
+    return cfg, nnx.merge(graphdef, restore_params(root, step, abstract))
+
+
+def restore_params(root: str | Path, step: int, target: nnx.State) -> nnx.State:
+    """Fill ``target`` (abstract parameters; their shardings, if set, lay out the result) from the
+    ``params`` item of checkpoint ``root/step``. A shape mismatch is a UserError."""
     mgr = manager(root, item_names=PARAMS_ONLY)
     try:
-        restored = mgr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+        restored = mgr.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target.to_pure_dict()))
+        )
     except (ValueError, KeyError) as exc:
-        raise UserError(f"checkpoint {str(root)!r} step {step} does not match its config: {exc}") from None
-    nnx.replace_by_pure_dict(abstract, restored.params)
-    return cfg, nnx.merge(graphdef, abstract)
+        raise UserError(
+            f"checkpoint {str(root)!r} step {step} does not match the model config: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    finally:
+        mgr.close()
+    nnx.replace_by_pure_dict(target, restored.params)
+    return target

@@ -119,14 +119,7 @@ def load_init_params(path: str | Path, cfg: Config, param_shardings: Any) -> nnx
             )
     if shapes:
         raise UserError(f"train.init_from={path}: the checkpoint lacks parameter {next(iter(shapes))}")
-    target = with_shardings(mine, param_shardings)
-    mgr = checkpoint.manager(root, item_names=checkpoint.PARAMS_ONLY)
-    restored = mgr.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target.to_pure_dict()))
-    )
-    mgr.close()
-    nnx.replace_by_pure_dict(target, restored.params)
-    return target
+    return checkpoint.restore_params(root, step, with_shardings(mine, param_shardings))
 
 
 def mine_shape(state: nnx.State, path: tuple[Any, ...]) -> Any:
