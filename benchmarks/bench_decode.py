@@ -2,9 +2,12 @@
 
     python benchmarks/bench_decode.py                       # GPT-2 124M shape, batch 1 and 8
     python benchmarks/bench_decode.py --batches 1 --new-tokens 64 --skip-hf
+    python benchmarks/bench_decode.py --layers scan         # the stacked layout, scanned
 
 A random GPT-2 124M (``GPT2LMHeadModel(GPT2Config())``) is saved, converted with
-``gpt3_jax.convert.from_hf`` and both models decode greedily from the same random prompt. Decode
+``gpt3_jax.convert.from_hf``, saved as a checkpoint and loaded with ``gpt3_jax.sampling.load``
+(``--layers``: the layer layout, ``auto`` = what ``load`` picks for the backend), and both models
+decode greedily from the same random prompt. Decode
 speed is measured as (N - 1) / (T(N) - T(1)), with T(n) the wall time of a generate call producing
 n tokens, so prefill, compile and per-call overhead cancel out. On a shared machine the load swings
 from second to second, so each repeat times ours and then transformers back to back and the
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-hf", action="store_true", help="only our sampler")
     parser.add_argument("--n-layer", type=int, default=12, help="smaller for a quick check")
+    parser.add_argument("--layers", choices=("auto", "scan", "per-layer"), default="auto")
     args = parser.parse_args()
 
     import jax
@@ -75,16 +79,21 @@ def main() -> None:
     from flax import nnx
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from gpt3_jax.checkpoint import save_params
     from gpt3_jax.convert import from_hf
-    from gpt3_jax.sampling import Sampler
+    from gpt3_jax.sampling import load
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=args.n_layer)).eval()
+    scan = {"auto": None, "scan": True, "per-layer": False}[args.layers]
     with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        cfg, model = from_hf(d)
-    sampler = Sampler(model)  # no end-of-text: every row runs the full budget, like min_new_tokens
-    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        hf.save_pretrained(f"{d}/hf")
+        cfg, model = from_hf(f"{d}/hf")
+        save_params(f"{d}/ckpt", cfg, nnx.state(model, nnx.Param))
+        del model
+        lm = load(f"{d}/ckpt", scan_layers=scan)
+    sampler = lm.sampler  # no end-of-text: every row runs the full budget, like min_new_tokens
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(lm.model, nnx.Param)))
     bandwidth = memcpy_bandwidth()
     rng = np.random.default_rng(0)
     rows = []
@@ -129,6 +138,7 @@ def main() -> None:
                 "params": n_params,
                 "torch_threads": torch.get_num_threads(),
                 "jax": jax.__version__,
+                "layers": "scan" if lm.cfg.model.scan_layers else "per-layer",
                 "date": time.strftime("%Y-%m-%d"),
                 "load_average": [round(x, 2) for x in os.getloadavg()],
             }

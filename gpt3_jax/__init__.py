@@ -22,6 +22,7 @@ _EXPORTS = {
     "MLP": "gpt3_jax.model",
     "Embed": "gpt3_jax.model",
     "LayerNorm": "gpt3_jax.model",
+    "LayerCache": "gpt3_jax.model",
     # configuration
     "Config": "gpt3_jax.config",
     "ModelConfig": "gpt3_jax.config",

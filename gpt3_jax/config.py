@@ -89,8 +89,14 @@ class ModelConfig:
         """How many times the attention pattern repeats: the length of the scanned stack."""
         return self.n_layer // len(self.attention_pattern)
 
+    def layer_slot(self, layer: int) -> tuple[int, int]:
+        """Layer index → (group, position in the attention pattern): the layers run group by group,
+        each group one repeat of the pattern."""
+        return divmod(layer, len(self.attention_pattern))
+
     def layer_types(self) -> list[str]:
-        return [self.attention_pattern[i % len(self.attention_pattern)] for i in range(self.n_layer)]
+        """The attention kind of every layer, in order."""
+        return [self.attention_pattern[self.layer_slot(i)[1]] for i in range(self.n_layer)]
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ weight [in, out], so no transposes are needed, only splits of fused axes:
     wte.weight [v, d] → embed.wte [v_padded, d]; the padded rows are zeros (deterministic, never
     an input token; a sampler ignores logits past ``vocab_size``), dropped again by ``to_hf``.
 
-Layer i lives at ``groups.blocks[i % P]`` with index ``i // P`` on its leading ``layers`` axis,
-P = len(attention_pattern). GPT-2's ``gelu_new`` is our tanh GELU; lm_head is tied to wte.
+Layer i lives at ``groups.blocks[j]`` with index ``g`` on its leading ``layers`` axis, where
+``(g, j) = cfg.layer_slot(i)`` (the stacked layout, as checkpoints store it). GPT-2's
+``gelu_new`` is our tanh GELU; lm_head is tied to wte.
 """
 
 from __future__ import annotations
@@ -153,15 +154,13 @@ def hf_to_params(cfg: ModelConfig, hf: dict[str, np.ndarray]) -> dict[str, Any]:
         ("mlp", "c_proj_w"): ("mlp.c_proj.weight", (f, d), (f, d)),
         ("mlp", "c_proj_b"): ("mlp.c_proj.bias", (d,), (d,)),
     }
-    pattern = len(cfg.attention_pattern)
-    blocks: dict[int, dict[str, dict[str, np.ndarray]]] = {}
-    for j in range(pattern):
-        layers = range(j, cfg.n_layer, pattern)  # the layers stacked in blocks[j]
-        block: dict[str, dict[str, np.ndarray]] = {}
+    blocks: dict[int, dict[str, dict[str, list[np.ndarray]]]] = {}
+    for i in range(cfg.n_layer):  # layer i is group g's j-th block: row g of blocks[j]'s stack
+        _, j = cfg.layer_slot(i)
         for (module, leaf), (hf_name, hf_shape, shape) in per_layer.items():
-            stacked = [take(f"h.{i}.{hf_name}", hf_shape).reshape(shape) for i in layers]
-            block.setdefault(module, {})[leaf] = np.stack(stacked)
-        blocks[j] = block
+            rows = blocks.setdefault(j, {}).setdefault(module, {}).setdefault(leaf, [])
+            rows.append(take(f"h.{i}.{hf_name}", hf_shape).reshape(shape))
+    blocks = _map(np.stack, blocks)
     params = {
         "embed": {"wte": wte, "wpe": take("wpe.weight", (cfg.n_ctx, d))},
         "groups": {"blocks": blocks},
@@ -182,7 +181,7 @@ def from_hf(path: str | Path) -> tuple[Config, Any]:
     import jax.numpy as jnp
     from flax import nnx
 
-    from gpt3_jax.checkpoint import abstract_params
+    from gpt3_jax.model import abstract_gpt, unstack_layers
 
     path = Path(path)
     if not path.is_dir():
@@ -190,7 +189,9 @@ def from_hf(path: str | Path) -> tuple[Config, Any]:
     model_cfg = read_hf_config(path)
     cfg = Config(model=model_cfg)
     params = hf_to_params(model_cfg, read_hf_weights(path))
-    graphdef, state = abstract_params(cfg)
+    graphdef, state = abstract_gpt(model_cfg)
+    if not model_cfg.scan_layers:
+        params = unstack_layers(params, model_cfg)
     nnx.replace_by_pure_dict(state, _map(jnp.asarray, params))
     return cfg, nnx.merge(graphdef, state)
 
@@ -221,10 +222,10 @@ def params_to_hf(cfg: ModelConfig, params: dict[str, Any]) -> dict[str, np.ndarr
         "ln_f.weight": p["ln_f"]["scale"],
         "ln_f.bias": p["ln_f"]["bias"],
     }
-    pattern = len(cfg.attention_pattern)
     blocks = p["groups"]["blocks"]
     for i in range(cfg.n_layer):
-        b = _map(lambda a, i=i: a[i // pattern], blocks[i % pattern])  # noqa: B023
+        g, j = cfg.layer_slot(i)
+        b = _map(lambda a, g=g: a[g], blocks[j])
         out |= {
             f"h.{i}.ln_1.weight": b["ln_1"]["scale"],
             f"h.{i}.ln_1.bias": b["ln_1"]["bias"],
@@ -275,7 +276,11 @@ def to_hf(cfg: Config, params: Any, out_dir: str | Path) -> Path:
     """
     from safetensors.numpy import save_file
 
+    from gpt3_jax.model import stack_layers
+
     pure = params.to_pure_dict() if hasattr(params, "to_pure_dict") else params
+    if not cfg.model.scan_layers:
+        pure = stack_layers(pure, cfg.model)
     tensors = params_to_hf(cfg.model, pure)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -296,7 +301,8 @@ def checkpoint_to_hf(ckpt: str | Path, out_dir: str | Path) -> tuple[Config, Pat
 
 
 def _map(fn: Any, tree: Any) -> Any:
-    """Apply ``fn`` to the leaves of a nested dict (keys may be ints, which jax.tree keeps too)."""
+    """Apply ``fn`` to the leaves of a nested dict (keys may be ints, which jax.tree keeps too;
+    anything that is not a dict, a list included, is a leaf)."""
     if isinstance(tree, dict):
         return {k: _map(fn, v) for k, v in tree.items()}
     return fn(tree)

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from gpt3_jax.config import Config
-from gpt3_jax.errors import UserError
 
 GiB = 2**30
 
@@ -70,17 +69,6 @@ def planned_config(cfg: Config) -> Config:
     return cfg
 
 
-def check_batch(cfg: Config, data_parallel: int) -> None:
-    """A micro-batch must split evenly over the data-parallel shards."""
-    micro = cfg.train.batch_size // cfg.train.micro_batches
-    if micro % data_parallel:
-        raise UserError(
-            f"train.batch_size={cfg.train.batch_size} in {cfg.train.micro_batches} micro-batch(es) gives "
-            f"{micro} sequences per micro-batch, not divisible by the data-parallel size {data_parallel} "
-            "(mesh data × fsdp); change train.batch_size, train.micro_batches or the mesh"
-        )
-
-
 def shard_bytes(tree: Any) -> int:
     """Bytes one device holds of a pytree of sharded abstract arrays (``ShapeDtypeStruct`` with
     ``.sharding``; leaves without one count whole)."""
@@ -117,44 +105,26 @@ def compile_plan(cfg: Config, devices: Sequence[Any] | None = None, progress: bo
     and measure it. Raises ``UserError`` for a mesh that does not fit the devices or a batch that
     does not split over the data-parallel shards."""
     import jax
-    import jax.numpy as jnp
     from tqdm import tqdm
 
     from gpt3_jax import sharding
-    from gpt3_jax.training.optim import make_optimizer
-    from gpt3_jax.training.state import (
-        abstract_state,
-        model_graphdef_and_abstract,
-        state_shardings,
-        with_shardings,
-    )
-    from gpt3_jax.training.step import batch_shardings, jit_train_step
+    from gpt3_jax.training.setup import setup
+    from gpt3_jax.training.step import jit_train_step
 
     cfg = planned_config(cfg)
     devices = list(devices if devices is not None else jax.devices())
-    mesh = sharding.make_mesh(cfg.mesh, devices)
-    rules = sharding.rules_from_config(cfg.mesh.rules)
-    check_batch(cfg, sharding.data_parallel_size(mesh, rules))
-
+    s = setup(cfg, devices)  # the trainer's own: mesh, rules, abstract state, shardings, batch check
     bar = tqdm(total=3, desc="plan", unit="stage", disable=not progress, leave=False)
     bar.set_postfix_str("abstract state")
-    tx = make_optimizer(cfg.optim)
-    graphdef, _ = model_graphdef_and_abstract(cfg)
-    abstract = abstract_state(cfg, tx)
-    shardings = state_shardings(abstract, mesh, rules)
-    state = with_shardings(abstract, shardings)
-    m, t = cfg.train.micro_batches, cfg.model.n_ctx
-    b = cfg.train.batch_size // m
-    batch = {
-        k: jax.ShapeDtypeStruct((m, b, t), jnp.int32, sharding=s)
-        for k, s in batch_shardings(mesh, rules).items()
-    }
+    state = sharding.attach(s.abstract, s.shardings)
+    batch = s.abstract_batch()
+    m, b, t = cfg.train.micro_batches, s.micro, cfg.model.n_ctx
     bar.update()
 
     bar.set_postfix_str("lower")
     start = time.perf_counter()
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
-        lowered = jit_train_step(cfg, graphdef, tx, mesh, rules, shardings).lower(state, batch)
+    with jax.set_mesh(s.mesh):
+        lowered = jit_train_step(s).lower(state, batch)
     lower_seconds = time.perf_counter() - start
     bar.update()
 
@@ -180,7 +150,7 @@ def compile_plan(cfg: Config, devices: Sequence[Any] | None = None, progress: bo
     n_params, analytic = _analytic_flops(cfg)
     return Plan(
         devices=len(devices),
-        mesh=dict(mesh.shape),
+        mesh=dict(s.mesh.shape),
         dtype=cfg.model.dtype,
         remat=cfg.model.remat,
         batch_size=cfg.train.batch_size,

@@ -80,7 +80,7 @@ def logical_to_spec(names: Sequence[str | None], rules: Rules = DEFAULT_RULES) -
     return PartitionSpec(*spec)
 
 
-def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Any) -> PartitionSpec:
     """Drop mesh axes from dimensions they do not divide (4 heads on tensor=8 stay replicated)."""
     fitted = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
@@ -91,9 +91,6 @@ def _fit(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec
                 kept.append(axis)
         fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
     return PartitionSpec(*fitted)
-
-
-_ACTIVE_RULES: list[Rules] = [DEFAULT_RULES]  # the table `use_rules` sets, for traced code
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -108,12 +105,12 @@ def param(
 ) -> nnx.Param:
     """A parameter annotated with logical axis names.
 
-    Flax shards annotated variables eagerly when a mesh is set; we allow that only when one is
-    (inside ``jax.set_mesh`` and ``nnx.logical_axis_rules``), so modules also build bare.
+    It is never sharded eagerly: the trainer and the loaders lay parameters out from the names
+    (``state_shardings``, ``jit(init, out_shardings=…)``), so modules build the same with or
+    without a mesh set.
     """
-    eager = nnx.using_eager_sharding() and not jax.sharding.get_abstract_mesh().empty
     value = init(rngs.params(), tuple(shape), dtype)
-    return nnx.Param(value, out_sharding=tuple(names), eager_sharding=eager)
+    return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
 
 
 def logical_names(variable: nnx.Variable) -> tuple[str | None, ...]:
@@ -143,42 +140,35 @@ def state_shardings(state: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def eval_shape(build: Callable[[], Any]) -> Any:
-    """``nnx.eval_shape(build)`` that works with or without a mesh set: nothing is sharded
-    eagerly, and logical names resolve through the active rules table if Flax asks."""
-    with nnx.use_eager_sharding(False), nnx.logical_axis_rules(_ACTIVE_RULES[-1]):
+def eval_shape(build: Callable[[], Any], rules: Rules = DEFAULT_RULES) -> Any:
+    """``nnx.eval_shape(build)``: shapes only, the same with or without a mesh set (inside one,
+    Flax resolves the variables' logical names, so it is given ``rules``)."""
+    with nnx.use_eager_sharding(False), nnx.logical_axis_rules(rules):
         return nnx.eval_shape(build)
+
+
+def attach(abstract: Any, shardings: Any) -> Any:
+    """Abstract leaves (``ShapeDtypeStruct``, NNX variables holding them) with ``shardings``
+    attached: a restore target, or the arguments of an ahead-of-time compile."""
+
+    def one(a: Any, s: NamedSharding) -> Any:
+        if isinstance(a, nnx.Variable):
+            return a.replace(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s))
+        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+
+    return jax.tree.map(one, abstract, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 # --- activations ----------------------------------------------------------------------------
 
 
-class use_rules:
-    """Context manager: the rules table that ``constrain`` uses inside it (traced code too)."""
-
-    def __init__(self, rules: Rules):
-        self.rules = rules
-
-    def __enter__(self) -> Rules:
-        _ACTIVE_RULES.append(self.rules)
-        return self.rules
-
-    def __exit__(self, *exc: object) -> None:
-        _ACTIVE_RULES.pop()
-
-
-def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
-    """Pin an activation's sharding by logical names; a no-op when no mesh is set."""
+def constrain(x: jax.Array, names: Sequence[str | None], rules: Rules) -> jax.Array:
+    """Pin an activation's sharding by logical names through ``rules``; a no-op when no mesh is
+    set. A mesh axis that does not divide its dimension is dropped (4 heads on tensor=8)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    spec = logical_to_spec(names, _ACTIVE_RULES[-1])
-    fitted = []
-    for dim, axes in zip(x.shape, spec, strict=True):
-        flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        size = math.prod(mesh.shape[a] for a in flat)
-        fitted.append(axes if dim % size == 0 else None)
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(*fitted))
+    return jax.lax.with_sharding_constraint(x, _fit(logical_to_spec(names, rules), x.shape, mesh))
 
 
 # --- the mesh -------------------------------------------------------------------------------

@@ -59,8 +59,8 @@ class Tagger(nnx.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         h = self.embed(tokens)  # (b, t, d)
-        h = h + self.attn(self.norm(h), positions)
-        h = self.block(h, positions)
+        y, _ = self.attn(self.norm(h), positions)  # (y, cache): no cache here
+        h, _ = self.block(h + y, positions)
         return self.head(h)  # (b, t, tags)
 
 
@@ -101,7 +101,7 @@ def test_local_attention_inside_foreign_module_respects_window() -> None:
     x = jax.random.normal(jax.random.key(0), (1, 16, 32))
     positions = jnp.arange(16)[None]
     moved = x.at[0, 3].add(1.0)  # position 3 is outside the window of query 7 (sees 4..7)
-    out, out_moved = attn(x, positions), attn(moved, positions)
+    (out, _), (out_moved, _) = attn(x, positions), attn(moved, positions)
     np.testing.assert_allclose(out[0, 7:], out_moved[0, 7:], atol=1e-6)
     assert not np.allclose(out[0, 3:7], out_moved[0, 3:7])
 

@@ -57,7 +57,7 @@ def test_from_hf_cli_matches_pytorch(hf_model, tokens, tmp_path: Path, capsys) -
     assert "wrote" in out and "--prompt-ids" in out
     cfg, ours = load_model(tmp_path / "ckpt")
     assert cfg.model.attention_pattern == ("dense",) and cfg.model.n_ctx == 64
-    logits = np.asarray(ours(tokens))
+    logits = np.asarray(ours(tokens)[0])
     assert logits.shape == (*tokens.shape, cfg.model.padded_vocab)
     diff = np.abs(logits[..., : HF_SHAPE["vocab_size"]] - torch_logits(model, tokens)).max()
     print(f"from-hf max |logit diff| = {diff:.2e}")
@@ -86,18 +86,19 @@ def test_python_from_hf_returns_config_and_model(hf_model, tokens) -> None:
     assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head) == (3, 80, 5)
     padded = np.asarray(ours.embed.wte[...])[HF_SHAPE["vocab_size"] :]
     assert not padded.any()  # padded vocabulary rows are zeros
-    diff = np.abs(np.asarray(ours(tokens))[..., :1000] - torch_logits(model, tokens)).max()
+    diff = np.abs(np.asarray(ours(tokens)[0])[..., :1000] - torch_logits(model, tokens)).max()
     assert diff < 1e-4
 
 
 def test_to_hf_refuses_local_attention(tmp_path: Path, tiny_model_config, capsys) -> None:
     import jax
 
-    from gpt3_jax.checkpoint import abstract_params, save_params
+    from gpt3_jax.checkpoint import save_params
     from gpt3_jax.config import Config
+    from gpt3_jax.model import abstract_gpt
 
     cfg = Config(model=tiny_model_config)  # pattern [dense, local]
-    _, abstract = abstract_params(cfg)  # zeros of the right shapes: no need to initialise a model
+    _, abstract = abstract_gpt(cfg.model)  # zeros of the right shapes: no need to initialise a model
     save_params(
         tmp_path / "ckpt", cfg, jax.tree.map(lambda v: np.zeros(v.shape, v.dtype), abstract.to_pure_dict())
     )
@@ -168,5 +169,5 @@ def test_from_hf_reads_sharded_safetensors_and_pytorch_bin(hf_model, tokens, tmp
     shutil.copy(hf_dir / "config.json", bin_dir)
     torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")
     _, ours = convert.from_hf(bin_dir)
-    diff = np.abs(np.asarray(ours(tokens))[..., :1000] - torch_logits(model, tokens)).max()
+    diff = np.abs(np.asarray(ours(tokens)[0])[..., :1000] - torch_logits(model, tokens)).max()
     assert diff < 1e-4

@@ -1,5 +1,6 @@
-"""The decoder's equivalences: scan vs unrolled, remat vs none, banded attention vs a naive
-reference, and what a locally banded layer can and cannot see."""
+"""The decoder's equivalences: scanned vs per-layer stack (forward and gradients), remat vs none,
+attention vs a naive per-query loop, cached prefill and decode vs the full forward pass, and what a
+locally banded layer can and cannot see."""
 
 import dataclasses
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gpt3_jax.model import GPT, Attention, attend, causal_mask
+from gpt3_jax.model import GPT, Attention, causal_mask, stack_layers, unstack_layers
 
 
 def _build(cfg, seed=0):
@@ -17,9 +18,14 @@ def _build(cfg, seed=0):
 
 
 def _with(model, **changes):
-    """The same parameters under another model config (dtype/remat/scan do not change shapes)."""
-    graphdef, state = nnx.split(model)
-    clone = _build(dataclasses.replace(model.cfg, **changes))
+    """The same parameters under another model config (dtype/remat/scan do not change values)."""
+    cfg = dataclasses.replace(model.cfg, **changes)
+    clone = _build(cfg)
+    pure = nnx.state(model, nnx.Param).to_pure_dict()
+    if model.cfg.scan_layers != cfg.scan_layers:
+        pure = unstack_layers(pure, cfg) if model.cfg.scan_layers else stack_layers(pure, cfg)
+    state = nnx.state(clone, nnx.Param)
+    state.replace_by_pure_dict(pure)
     nnx.update(clone, state)
     return clone
 
@@ -29,28 +35,51 @@ def _tokens(cfg, batch=2, length=None, seed=1):
     return jax.random.randint(jax.random.key(seed), (batch, length), 0, cfg.vocab_size)
 
 
+def _logits(model, tokens, **kw):
+    return np.asarray(model(tokens, **kw)[0])
+
+
 def test_logits_shape_and_padded_vocab(tiny_model_config):
     model = _build(tiny_model_config)
-    logits = model(_tokens(tiny_model_config, length=10))
+    logits, cache = model(_tokens(tiny_model_config, length=10))
     assert logits.shape == (2, 10, 384)  # 300 padded up to a multiple of 128
-    assert logits.dtype == jnp.float32
+    assert logits.dtype == jnp.float32 and cache is None
 
 
-def test_scan_and_unrolled_forward_agree(tiny_model_config):
+def test_one_seed_gives_the_same_parameters_in_both_layouts(tiny_model_config):
     scanned = _build(tiny_model_config)
-    unrolled = _with(scanned, scan_layers=False)
+    per_layer = _build(dataclasses.replace(tiny_model_config, scan_layers=False))
+    a = nnx.state(scanned, nnx.Param).to_pure_dict()
+    b = stack_layers(nnx.state(per_layer, nnx.Param).to_pure_dict(), tiny_model_config)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert len(per_layer.groups) == tiny_model_config.n_groups
+
+
+def test_scanned_and_per_layer_forward_and_gradients_agree(tiny_model_config):
+    scanned = _build(tiny_model_config)
+    per_layer = _with(scanned, scan_layers=False)
     tokens = _tokens(tiny_model_config)
-    np.testing.assert_allclose(scanned(tokens), unrolled(tokens), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(_logits(scanned, tokens), _logits(per_layer, tokens), atol=1e-5, rtol=0)
+
+    def loss(model):
+        return jnp.mean(model(tokens)[0] ** 2)
+
+    g_scan = nnx.grad(loss)(scanned)
+    g_layers = nnx.grad(loss)(per_layer)
+    a = nnx.state(g_scan, nnx.Param).to_pure_dict()
+    b = stack_layers(nnx.state(g_layers, nnx.Param).to_pure_dict(), tiny_model_config)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-4), a, b)
 
 
 @pytest.mark.parametrize("policy", ["full", "save_dots"])
-def test_remat_gradients_equal_plain(tiny_model_config, policy):
-    plain = _build(tiny_model_config)
+@pytest.mark.parametrize("scan", [True, False])
+def test_remat_gradients_equal_plain(tiny_model_config, policy, scan):
+    plain = _build(dataclasses.replace(tiny_model_config, scan_layers=scan))
     remat = _with(plain, remat=policy)
     tokens = _tokens(tiny_model_config)
 
     def loss(model):
-        return model(tokens).mean()
+        return model(tokens)[0].mean()
 
     g_plain = nnx.grad(loss)(plain)
     g_remat = nnx.grad(loss)(remat)
@@ -58,18 +87,17 @@ def test_remat_gradients_equal_plain(tiny_model_config, policy):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
-def _naive_banded_attention(x, attn, window):
-    """Per query, a plain loop over the keys it may see: the reference for the masked version."""
-    q, k, v = (np.asarray(a) for a in attn.qkv(x))
-    b, t, n, h = q.shape
+def _naive_attention(q, k, v, window):
+    """Per query, a plain loop over the keys it may see, in float64: the reference."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))  # rows: (b·n, t, h)
     out = np.zeros_like(q)
-    for i in range(t):
+    for i in range(q.shape[1]):
         lo = 0 if window is None else max(0, i - window + 1)
-        logits = np.einsum("bnh,bsnh->bns", q[:, i], k[:, lo : i + 1]) / np.sqrt(h)
+        logits = np.einsum("rh,rsh->rs", q[:, i], k[:, lo : i + 1]) / np.sqrt(q.shape[-1])
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
-        out[:, i] = np.einsum("bns,bsnh->bnh", probs, v[:, lo : i + 1])
-    return np.asarray(attn.out(jnp.asarray(out)))
+        out[:, i] = np.einsum("rs,rsh->rh", probs, v[:, lo : i + 1])
+    return out
 
 
 @pytest.mark.parametrize("kind", ["dense", "local"])
@@ -78,7 +106,9 @@ def test_attention_equals_naive_reference(tiny_model_config, kind):
     x = jax.random.normal(jax.random.key(0), (2, 20, tiny_model_config.d_model))
     positions = jnp.broadcast_to(jnp.arange(20), (2, 20))
     window = tiny_model_config.local_window if kind == "local" else None
-    np.testing.assert_allclose(attn(x, positions), _naive_banded_attention(x, attn, window), atol=1e-5)
+    want = attn.out(jnp.asarray(_naive_attention(*attn.qkv(x), window), jnp.float32))
+    got, _ = attn(x, positions)
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_mask_sees_exactly_the_window():
@@ -88,6 +118,8 @@ def test_mask_sees_exactly_the_window():
         assert [k for k in range(10) if mask[q, k]] == list(range(max(0, q - 2), q + 1))
     dense = np.asarray(causal_mask(pos, pos, None))
     assert (dense == np.tril(np.ones((10, 10), bool))).all()
+    empty = np.asarray(causal_mask(pos, jnp.full((4,), -1), None))
+    assert not empty.any()  # position -1: an empty cache slot or padding, never seen
 
 
 def test_local_layer_ignores_tokens_outside_its_window(tiny_model_config):
@@ -100,7 +132,7 @@ def test_local_layer_ignores_tokens_outside_its_window(tiny_model_config):
     positions = jnp.arange(t)[None]
     j = 5  # the perturbed position
     x2 = x.at[0, j].add(1.0)
-    y1, y2 = attn(x, positions), attn(x2, positions)
+    (y1, _), (y2, _) = attn(x, positions), attn(x2, positions)
     moved = np.abs(np.asarray(y1 - y2)).max(-1)[0]
     assert moved[:j].max() == 0.0  # the past does not see the future
     assert moved[j + w :].max() == 0.0  # j is outside the window of every query from j + w on
@@ -114,7 +146,7 @@ def test_dense_and_alternating_differ_only_where_the_window_cuts(tiny_model_conf
     dense = _with(alternating, attention_pattern=("dense", "dense"))
     w = tiny_model_config.local_window
     tokens = _tokens(tiny_model_config, length=3 * w)
-    a, d = np.asarray(alternating(tokens)), np.asarray(dense(tokens))
+    a, d = _logits(alternating, tokens), _logits(dense, tokens)
     np.testing.assert_allclose(a[:, :w], d[:, :w], atol=1e-5)  # every query's past fits the window
     assert np.abs(a[:, w:] - d[:, w:]).max(-1).min() > 1e-4  # past the window every position differs
 
@@ -123,13 +155,13 @@ def test_causality_of_the_whole_model(tiny_model_config):
     model = _build(tiny_model_config)
     tokens = _tokens(tiny_model_config, length=16)
     changed = tokens.at[:, 10].set((tokens[:, 10] + 1) % tiny_model_config.vocab_size)
-    a, b = np.asarray(model(tokens)), np.asarray(model(changed))
+    a, b = _logits(model, tokens), _logits(model, changed)
     np.testing.assert_array_equal(a[:, :10], b[:, :10])
     assert np.abs(a[:, 10:] - b[:, 10:]).max() > 0
 
 
 def test_initialisation_follows_gpt2(tiny_model_config):
-    model = _build(tiny_model_config.__class__(**{**dataclasses.asdict(tiny_model_config), "d_model": 256}))
+    model = _build(dataclasses.replace(tiny_model_config, d_model=256))
     std = 0.02 / np.sqrt(2 * model.cfg.n_layer)
     proj = np.asarray(model.groups.blocks[0].mlp.c_proj_w[...])
     fc = np.asarray(model.groups.blocks[0].mlp.c_fc_w[...])
@@ -141,18 +173,59 @@ def test_initialisation_follows_gpt2(tiny_model_config):
 def test_dropout_is_off_by_default_and_on_with_a_key(tiny_model_config):
     tokens = _tokens(tiny_model_config, length=8)
     model = _build(tiny_model_config)
-    np.testing.assert_array_equal(model(tokens), model(tokens, dropout_key=jax.random.key(0)))
+    np.testing.assert_array_equal(
+        _logits(model, tokens), _logits(model, tokens, dropout_key=jax.random.key(0))
+    )
     noisy = _with(model, dropout=0.5)
-    assert np.abs(np.asarray(noisy(tokens, dropout_key=jax.random.key(0)) - model(tokens))).max() > 0
-    np.testing.assert_allclose(noisy(tokens), model(tokens), atol=1e-6)
+    assert np.abs(_logits(noisy, tokens, dropout_key=jax.random.key(0)) - _logits(model, tokens)).max() > 0
+    np.testing.assert_allclose(_logits(noisy, tokens), _logits(model, tokens), atol=1e-6)
 
 
-def test_attend_matches_softmax_of_masked_scores():
-    q, k, v = (jax.random.normal(jax.random.key(i), (1, 5, 2, 4)) for i in range(3))
-    mask = causal_mask(jnp.arange(5), jnp.arange(5), None)[None, None]
-    scores = jnp.einsum("btnh,bsnh->bnts", q, k) / 2.0
-    probs = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), -1)
-    np.testing.assert_allclose(attend(q, k, v, mask), jnp.einsum("bnts,bsnh->btnh", probs, v), atol=1e-6)
+# --- the KV cache: prefill and decode are calls of the model ---------------------------------
+
+PATTERNS = {"dense": ("dense",), "local": ("local",), "mixed": ("dense", "local")}
+
+
+@pytest.mark.parametrize("scan", [True, False], ids=["scanned", "per-layer"])
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_cached_generation_equals_the_full_forward(tiny_model_config, pattern, scan):
+    """Left-padded rows of different lengths, prompts longer than the window (8), then decode
+    steps well past it: the prefill's logits and every step's equal the full forward pass of each
+    unpadded row."""
+    cfg = dataclasses.replace(tiny_model_config, attention_pattern=PATTERNS[pattern], scan_layers=scan)
+    model = _build(cfg)
+    text = np.asarray(_tokens(cfg, length=40))
+    full = _logits(model, jnp.asarray(text))
+    lens, p, steps = [13, 6], 16, 24
+    tokens = np.zeros((2, p), np.int32)
+    positions = np.full((2, p), -1, np.int32)
+    for r, n in enumerate(lens):
+        tokens[r, p - n :], positions[r, p - n :] = text[r, :n], np.arange(n)
+
+    @jax.jit
+    def call(model, tokens, positions, cache):
+        return model(tokens, positions, cache=cache)
+
+    logits, cache = call(model, tokens, positions, model.init_cache(2, p + steps))
+    for r, n in enumerate(lens):
+        np.testing.assert_allclose(np.asarray(logits)[r, p - n :], full[r, :n], atol=1e-5, rtol=1e-5)
+    for i in range(steps):
+        pos = np.array([[lens[r] + i] for r in range(2)], np.int32)
+        token = np.array([[text[r, lens[r] + i]] for r in range(2)], np.int32)
+        logits, cache = call(model, token, pos, cache)
+        for r in range(2):
+            np.testing.assert_allclose(np.asarray(logits)[r, 0], full[r, lens[r] + i], atol=1e-5, rtol=1e-5)
+
+
+def test_local_cache_is_a_ring_of_the_window(tiny_model_config):
+    model = _build(tiny_model_config)
+    cache = model.init_cache(3, 50)
+    dense, local = cache  # scanned: one stacked LayerCache per pattern entry
+    assert dense.k.shape == (tiny_model_config.n_groups, 3 * 4, 50, 16)  # rows: batch × heads
+    assert local.k.shape[-2] == tiny_model_config.local_window
+    _, cache = model(_tokens(tiny_model_config, batch=3, length=20), cache=cache)
+    assert np.asarray(cache[1].pos)[0, 0].tolist() == list(range(16, 20)) + list(range(12, 16))
+    assert int(cache[0].end[0]) == 20
 
 
 def test_abstract_model_builds_inside_and_outside_a_mesh(tiny_model_config):

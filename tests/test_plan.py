@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-from gpt3_jax import sharding
 from gpt3_jax.cli import main
 from gpt3_jax.config import load_config
 from gpt3_jax.plan import GiB
@@ -62,20 +61,14 @@ def test_plan_compiles_the_trainers_step(monkeypatch, capsys):
     assert by["total"] == by["argument"] + by["output"] - by["alias"] + by["temp"]
     assert by["argument"] >= by["params"] + by["optimizer"]
 
-    from gpt3_jax.training import init_state, make_optimizer, state_shardings
-    from gpt3_jax.training.state import abstract_state, model_graphdef_and_abstract
+    from gpt3_jax.training import init_state, setup
 
-    cfg = load_config("configs/tiny.yaml", over)
-    mesh = sharding.make_mesh(cfg.mesh)
-    rules = sharding.rules_from_config(cfg.mesh.rules)
-    tx = make_optimizer(cfg.optim)
-    graphdef, _ = model_graphdef_and_abstract(cfg)
-    shardings = state_shardings(abstract_state(cfg, tx), mesh, rules)
-    tokens = np.zeros((2, 8, cfg.model.n_ctx), np.int32)
-    batch = {k: jax.device_put(tokens, s) for k, s in step_module.batch_shardings(mesh, rules).items()}
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
-        state = init_state(cfg, tx, shardings)
-        trainer = step_module.jit_train_step(cfg, graphdef, tx, mesh, rules, shardings).lower(state, batch)
+    s = setup(load_config("configs/tiny.yaml", over))
+    tokens = np.zeros((2, 8, s.cfg.model.n_ctx), np.int32)
+    batch = {k: jax.device_put(tokens, sh) for k, sh in s.train_batch.items()}
+    with jax.set_mesh(s.mesh):
+        state = init_state(s.cfg, s.tx, s.shardings)
+        trainer = step_module.jit_train_step(s).lower(state, batch)
     assert lowered[0].as_text() == trainer.as_text()
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from gpt3_jax.config import Config, ModelConfig
 from gpt3_jax.model import GPT
-from gpt3_jax.sampling import Greedy, LanguageModel, Sample, Sampler, decode, few_shot_prompt
+from gpt3_jax.sampling import Greedy, LanguageModel, Sample, Sampler, few_shot_prompt
 from gpt3_jax.sampling.methods import make_method, top_k_filter, top_p_filter
 
 # init_std 0.3: a random model with peaked, varied predictions, so greedy paths are not constant.
@@ -46,37 +48,7 @@ def reference_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
 
 @nnx.jit
 def _forward(model: GPT, tokens: jax.Array) -> jax.Array:
-    return model(tokens)
-
-
-@pytest.mark.parametrize("split", [False, True], ids=["stacked", "split"])
-def test_cached_decode_matches_full_forward_at_every_position(model: GPT, split: bool) -> None:
-    """Left-padded batch, prompts longer than the window (4), then 20 steps past it: the prefill
-    logits and every decode step's logits equal the full forward pass of each unpadded row.
-    ``split``: the weights split per layer once (``decode.unstack``), as the sampler's loop runs."""
-    rng = np.random.default_rng(1)
-    text = rng.integers(0, CFG.vocab_size, (2, 40))
-    full = np.asarray(model(jnp.asarray(text)))
-    lens, p, steps = [11, 6], 16, 20
-    tokens = np.zeros((2, p), np.int32)
-    pad = np.array([p - n for n in lens], np.int32)
-    for r, n in enumerate(lens):
-        tokens[r, pad[r] :] = text[r, :n]
-    groups = decode.unstack(model) if split else None
-    prefill = jax.jit(decode.prefill, static_argnums=(0, 3), static_argnames="all_logits")
-    logits, cache = prefill(
-        model, jnp.asarray(tokens), jnp.asarray(pad), p + steps, all_logits=True, groups=groups
-    )
-    assert cache.k[1].shape[1] == CFG.local_window  # the local layers' ring buffer
-    assert cache.k[0].shape[1] == p + steps
-    for r, n in enumerate(lens):
-        np.testing.assert_allclose(np.asarray(logits)[r, pad[r] :], full[r, :n], atol=1e-5, rtol=1e-5)
-    step = jax.jit(decode.step, static_argnums=0)
-    for i in range(steps):
-        token = np.array([text[r, lens[r] + i] for r in range(2)], np.int32)
-        logits, cache = step(model, jnp.asarray(token), jnp.int32(p + i), jnp.asarray(pad), cache, groups)
-        for r in range(2):
-            np.testing.assert_allclose(np.asarray(logits)[r], full[r, lens[r] + i], atol=1e-5, rtol=1e-5)
+    return model(tokens)[0]
 
 
 def test_greedy_batch_of_different_lengths_matches_reference(model: GPT, sampler: Sampler) -> None:
@@ -230,3 +202,71 @@ def test_greedy_equals_transformers_generate(tmp_path) -> None:
             )  # fmt: skip
         assert got == out[0, len(prompt) :].tolist()
     assert len(set(ours[0])) > 3
+
+
+LIVE_ARRAYS = """
+import gc, sys
+import jax
+from flax import nnx
+from gpt3_jax.sampling import load
+
+lm = load(sys.argv[1])
+lm.generate([3, 4, 5], 64)
+gc.collect()
+params = sum(a.nbytes for a in jax.tree.leaves(nnx.state(lm.model, nnx.Param)))
+print(params, sum(a.nbytes for a in jax.live_arrays()))
+"""
+
+
+def test_sampler_holds_no_copy_of_the_weights(tmp_path) -> None:
+    """Loaded and generated from (in a fresh process: nothing else alive), the live device buffers
+    are the parameters plus little more (the KV cache, the produced tokens): no second copy of the
+    weights stays around."""
+    import subprocess
+    import sys
+
+    from gpt3_jax.checkpoint import save_params
+
+    cfg = dataclasses.replace(CFG, n_layer=6, d_model=128, n_head=4, n_ctx=128, vocab_size=1000)
+    save_params(tmp_path / "ckpt", Config(model=cfg), nnx.state(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+    out = subprocess.run(
+        [sys.executable, "-c", LIVE_ARRAYS, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    params, live = map(int, out.stdout.split())
+    assert params <= live <= 1.1 * params, (live, params)
+
+
+def test_custom_rules_reach_generation_on_a_2x2_mesh(tmp_path, model: GPT) -> None:
+    """A model loaded with a custom rules table on a 2×2 mesh is sharded by it, its activations
+    are constrained by it (seen in the compiled program), and it generates what one device does."""
+    from gpt3_jax.checkpoint import save_params
+    from gpt3_jax.config import MeshConfig
+    from gpt3_jax.sampling import decode, load
+    from gpt3_jax.sharding import make_mesh
+
+    save_params(tmp_path / "ckpt", Config(model=CFG), nnx.state(model, nnx.Param))
+    mesh = make_mesh(MeshConfig(data=1, fsdp=2, tensor=2), jax.devices()[:4])
+    rules = (("embed", "tensor"), ("mlp", "fsdp"), ("heads", "fsdp"), ("act_batch", "tensor"))
+    lm = load(tmp_path / "ckpt", mesh=mesh, rules=rules)
+    assert lm.model.rules == rules and lm.model.embed.rules == rules
+    assert not lm.cfg.model.scan_layers  # on CPU, load picks the per-layer layout
+    assert lm.model.groups[0].blocks[0].mlp.c_fc_w[...].sharding.spec == P("tensor", "fsdp")
+    prompts = [[5, 17, 3, 99, 42, 8, 1], [7, 7, 2]]
+    got = lm.sampler.generate(prompts, 10).ids
+    assert got == Sampler(model).generate(prompts, 10).ids
+    # every activation constraint in the generation program follows the custom table: the batch
+    # (2 rows) over `tensor`, where the default table would put it on data × fsdp
+    tokens, positions, _ = lm.sampler.prepare(prompts, 10)
+    with jax.set_mesh(mesh):
+        hlo = decode.generate.lower(
+            lm.sampler.graphdef, lm.sampler.params, tokens, positions, jax.random.key(0), 10,
+            method=Greedy(), n=16, s_max=32, vocab=lm.sampler.vocab,
+        ).as_text()  # fmt: skip
+    constraints = re.findall(r"sharding_constraint %\S+ <@mesh, \[(.*?)\]> : tensor<(\d+)x", hlo)
+    assert len(constraints) > 20
+    for dims, lead in constraints:
+        first = dims.split("}")[0] + "}"
+        assert first == ('{"tensor"}' if lead == "2" else "{}"), (dims, lead)

@@ -117,9 +117,9 @@ def test_decay_mask_on_the_model_state(tiny_model_config) -> None:
     """The mask works on the NNX state the trainer optimises, not just on plain dicts."""
     import jax
 
-    from gpt3_jax.training.state import model_graphdef_and_abstract
+    from gpt3_jax.model import abstract_gpt
 
-    _, params = model_graphdef_and_abstract(Config(model=tiny_model_config))
+    _, params = abstract_gpt(tiny_model_config)
     mask = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(decay_mask(params))}
     decayed = {k for k, m in mask.items() if m}
     assert any("'wte'" in k for k in decayed) and any("'c_fc_w'" in k for k in decayed)

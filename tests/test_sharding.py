@@ -16,8 +16,8 @@ from gpt3_jax import sharding
 from gpt3_jax.cli import main
 from gpt3_jax.config import Config, MeshConfig, load_config
 from gpt3_jax.errors import UserError
-from gpt3_jax.model import GPT
-from gpt3_jax.training import abstract_state, init_state, make_optimizer, state_shardings
+from gpt3_jax.model import GPT, abstract_gpt
+from gpt3_jax.training import init_state, setup
 from gpt3_jax.training.step import make_loss_fn
 
 MESHES = {
@@ -58,8 +58,7 @@ def reference(request):
         n_layer=4, d_model=64, n_head=4, n_ctx=64, vocab_size=300, local_window=8, dtype="float32"
     )
     cfg = _cfg(tiny, MeshConfig(fsdp=1))
-    with nnx.use_eager_sharding(False):
-        graphdef, params = nnx.split(GPT(cfg.model, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(GPT(cfg.model, rngs=nnx.Rngs(0)))
     params = jax.device_put(params, jax.devices()[0])
     inputs, targets = _batch(cfg)
     loss_fn = make_loss_fn(cfg, graphdef)
@@ -69,7 +68,7 @@ def reference(request):
 
 @pytest.mark.parametrize("mesh_name", list(MESHES))
 def test_sharded_loss_and_grads_equal_single_device(reference, mesh_name):
-    cfg1, graphdef, params, (inputs, targets), loss_ref, grads_ref = reference
+    cfg1, _, params, (inputs, targets), loss_ref, grads_ref = reference
     cfg = cfg1.replace(mesh=MESHES[mesh_name])
     mesh = sharding.make_mesh(cfg.mesh)
     rules = sharding.rules_from_config(cfg.mesh.rules)
@@ -77,8 +76,9 @@ def test_sharded_loss_and_grads_equal_single_device(reference, mesh_name):
     sharded = jax.device_put(params, shardings)
     batch = sharding.batch_sharding(mesh, 2, rules)
     x, y = jax.device_put(inputs, batch), jax.device_put(targets, batch)
+    graphdef, _ = abstract_gpt(cfg.model, rules)  # the model's constraints follow the rules
     loss_fn = make_loss_fn(cfg, graphdef)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
+    with jax.set_mesh(mesh):
         loss, grads = jax.jit(jax.value_and_grad(loss_fn))(sharded, x, y, None)
 
     np.testing.assert_allclose(float(loss), float(loss_ref), rtol=1e-5)
@@ -101,14 +101,10 @@ def shardings_spec(shardings, name: str) -> P:
 
 def _state(mesh_cfg: MeshConfig, tiny_model_config):
     cfg = _cfg(tiny_model_config, mesh_cfg)
-    mesh = sharding.make_mesh(cfg.mesh)
-    rules = sharding.rules_from_config(cfg.mesh.rules)
-    tx = make_optimizer(cfg.optim)
-    abstract = abstract_state(cfg, tx)
-    shardings = state_shardings(abstract, mesh, rules)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
-        state = init_state(cfg, tx, shardings)
-    return cfg, mesh, rules, abstract, state
+    s = setup(cfg)
+    with jax.set_mesh(s.mesh):
+        state = init_state(cfg, s.tx, s.shardings)
+    return cfg, s.mesh, s.rules, s.abstract, state
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +161,8 @@ def test_config_replaces_rules_table(tiny_model_config):
     cfg = cfg.replace(model=tiny_model_config)
     rules = sharding.rules_from_config(cfg.mesh.rules)
     assert rules == (("embed", "tensor"), ("mlp", "fsdp"), ("act_batch", ("data", "fsdp")))
-    mesh = sharding.make_mesh(cfg.mesh)
-    tx = make_optimizer(cfg.optim)
     # the shardings init_state is jitted with (its out_shardings)
-    shardings = state_shardings(abstract_state(cfg, tx), mesh, rules)
+    shardings = setup(cfg).shardings
     specs = {k: v.spec for k, v in _paths(shardings.params).items()}
     assert specs["groups.blocks.0.mlp.c_fc_w"] == P(None, "tensor", "fsdp")
     assert specs["embed.wte"] == P(None, "tensor")  # vocab: not in the table, so replicated

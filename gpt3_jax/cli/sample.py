@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     on_text = (lambda s: print(s, end="", flush=True)) if stream else None
     if not args.json:
         print("compiling and generating...", file=sys.stderr, flush=True)
-    samples = lm.generate(
+    out = lm.generate(
         prompt,
         args.max_new_tokens,
         method=method,
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         logprobs=args.logprobs,
         on_text=on_text,
     )
-    res = lm.last
+    samples, res = out.completions, out.result
     new_tokens = sum(len(s.ids) for s in samples)
     if args.json:
         out = {

@@ -10,9 +10,10 @@ Logical axis names on parameters: ``vocab``, ``embed``, ``mlp``, ``heads``, ``he
 ``act_heads``, ``act_mlp``, ``act_vocab``. ``gpt3_jax.sharding`` maps them to mesh axes.
 """
 
-from gpt3_jax.model.attention import attend, causal_mask
-from gpt3_jax.model.layers import MLP, Attention, Block, Embed, LayerNorm, compute_dtype
-from gpt3_jax.model.transformer import GPT, BlockGroup, abstract_gpt
+from gpt3_jax.model.attention import attend, attention, causal_mask
+from gpt3_jax.model.cache import LayerCache
+from gpt3_jax.model.layers import MLP, Attention, Block, Embed, LayerNorm, compute_dtype, mask_vocab
+from gpt3_jax.model.transformer import GPT, BlockGroup, abstract_gpt, init_cache, stack_layers, unstack_layers
 
 __all__ = [
     "GPT",
@@ -21,9 +22,15 @@ __all__ = [
     "Block",
     "BlockGroup",
     "Embed",
+    "LayerCache",
     "LayerNorm",
     "abstract_gpt",
     "attend",
+    "attention",
     "causal_mask",
     "compute_dtype",
+    "init_cache",
+    "mask_vocab",
+    "stack_layers",
+    "unstack_layers",
 ]

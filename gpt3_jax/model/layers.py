@@ -2,7 +2,8 @@
 
 Weight names follow GPT-2 (``wte``, ``wpe``, ``ln_1``, ``attn.c_attn_w``, ``mlp.c_fc_w`` …) so that
 Hugging Face interchange is a rename table. Axes: see ``gpt3_jax.model``.
-Each module takes a ``ModelConfig`` and works on its own inside any other NNX model.
+Each module takes a ``ModelConfig`` and, optionally, the sharding rules table its activation
+constraints use (``gpt3_jax.sharding``); it works on its own inside any other NNX model.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gpt3_jax.config import ModelConfig
-from gpt3_jax.model.attention import attend, causal_mask
-from gpt3_jax.sharding import constrain, param
+from gpt3_jax.model.attention import attention
+from gpt3_jax.model.cache import LayerCache
+from gpt3_jax.sharding import DEFAULT_RULES, Rules, constrain, param
 
 _zeros = jax.nn.initializers.zeros
 _ones = jax.nn.initializers.ones
@@ -24,6 +26,12 @@ def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
     if cfg.dtype == "auto":
         return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     return jnp.dtype(cfg.dtype)
+
+
+def mask_vocab(logits: jax.Array, size: int) -> jax.Array:
+    """Logits [..., v_padded] with ids >= ``size`` (vocabulary padding, or ids a tokenizer lacks)
+    set to the lowest float: they never take probability mass or get chosen."""
+    return jnp.where(jnp.arange(logits.shape[-1]) < size, logits, jnp.finfo(logits.dtype).min)
 
 
 def _normal(std: float) -> jax.nn.initializers.Initializer:
@@ -58,22 +66,24 @@ class LayerNorm(nnx.Module):
 class Embed(nnx.Module):
     """Token and learned position embeddings; ``unembed`` reuses the token table (tied)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rules: Rules = DEFAULT_RULES):
         self.dtype = compute_dtype(cfg)
+        self.rules = rules
         self.wte = param(rngs, _normal(cfg.init_std), (cfg.padded_vocab, cfg.d_model), ("vocab", "embed"))
         self.wpe = param(rngs, _normal(cfg.init_std), (cfg.n_ctx, cfg.d_model), ("position", "embed"))
 
     def __call__(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-        """tokens, positions [b, t] int → [b, t, d]."""
-        x = jnp.take(self.wte[...], tokens, axis=0) + jnp.take(self.wpe[...], positions, axis=0)
-        return constrain(x.astype(self.dtype), ("act_batch", "act_len", "act_embed"))
+        """tokens, positions [b, t] int → [b, t, d]. Position -1 (padding) embeds as position 0."""
+        x = jnp.take(self.wte[...], tokens, axis=0) + jnp.take(
+            self.wpe[...], jnp.maximum(positions, 0), axis=0
+        )
+        return constrain(x.astype(self.dtype), ("act_batch", "act_len", "act_embed"), self.rules)
 
     def unembed(self, x: jax.Array) -> jax.Array:
         """[b, t, d] → logits [b, t, v] in float32 (v is the padded vocabulary)."""
-        logits = jnp.einsum(
-            "btd,vd->btv", x, self.wte[...].astype(x.dtype), preferred_element_type=jnp.float32
-        )
-        return constrain(logits, ("act_batch", "act_len", "act_vocab"))
+        w = self.wte[...].astype(x.dtype)
+        logits = jnp.einsum("btd,vd->btv", x, w, preferred_element_type=jnp.float32)
+        return constrain(logits, ("act_batch", "act_len", "act_vocab"), self.rules)
 
 
 class Attention(nnx.Module):
@@ -83,13 +93,17 @@ class Attention(nnx.Module):
     most recent positions, itself included.
     """
 
-    def __init__(self, cfg: ModelConfig, kind: str = "dense", *, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: ModelConfig, kind: str = "dense", *, rngs: nnx.Rngs, rules: Rules = DEFAULT_RULES
+    ):
         if kind not in ("dense", "local"):
             raise ValueError(f"attention kind must be 'dense' or 'local', got {kind!r}")
         d, n, h = cfg.d_model, cfg.n_head, cfg.d_head
         self.kind = kind
+        self.n_head = n
         self.window = cfg.local_window if kind == "local" else None
         self.dtype = compute_dtype(cfg)
+        self.rules = rules
         resid_std = cfg.init_std / (2 * cfg.n_layer) ** 0.5
         self.c_attn_w = param(
             rngs, _normal(cfg.init_std), (d, 3, n, h), ("embed", "qkv", "heads", "head_dim")
@@ -99,30 +113,53 @@ class Attention(nnx.Module):
         self.c_proj_b = param(rngs, _zeros, (d,), ("embed",))
 
     def qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """[b, t, d] → q, k, v, each [b, t, n, h]."""
+        """[b, t, d] → q, k, v, each in rows [b·n, t, h] (see ``gpt3_jax.model.attention``)."""
+        b, t, _ = x.shape
         w = self.c_attn_w[...].astype(self.dtype)
-        qkv = jnp.einsum("btd,dknh->kbtnh", x, w) + self.c_attn_b[...].astype(self.dtype)[:, None, None]
-        q, k, v = (constrain(a, ("act_batch", "act_len", "act_heads", None)) for a in qkv)
+        qkv = jnp.einsum("btd,dknh->btknh", x, w) + self.c_attn_b[...].astype(self.dtype)  # (b, t, 3, n, h)
+        qkv = qkv.transpose(2, 0, 3, 1, 4)  # (3, b, n, t, h)
+        qkv = constrain(qkv, (None, "act_batch", "act_heads", "act_len", None), self.rules)
+        q, k, v = qkv.reshape(3, b * self.n_head, t, -1)  # (b·n, t, h) each
         return q, k, v
 
     def out(self, y: jax.Array) -> jax.Array:
-        """[b, t, n, h] → [b, t, d]."""
+        """Rows [b·n, t, h] → [b, t, d]."""
+        r, t, h = y.shape
+        y = y.reshape(r // self.n_head, self.n_head, t, h).transpose(0, 2, 1, 3)  # (b, t, n, h)
         w = self.c_proj_w[...].astype(self.dtype)
         return jnp.einsum("btnh,nhd->btd", y, w) + self.c_proj_b[...].astype(self.dtype)
 
-    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
-        """x [b, t, d], positions [b, t] → [b, t, d]."""
-        q, k, v = self.qkv(x)
-        mask = causal_mask(positions, positions, self.window)[:, None]  # (b, 1, t, s)
-        return self.out(attend(q, k, v, mask))
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, cache: LayerCache | None = None
+    ) -> tuple[jax.Array, LayerCache | None]:
+        """x [b, t, d] at positions [b, t] (-1: padding) → ([b, t, d], the updated cache).
+
+        With a cache the queries also see the keys it holds: one new token is stored first and
+        attends over the cache; several attend over the cache's keys and their own, then are stored.
+        """
+        q, k, v = self.qkv(x)  # (b·n, t, h)
+        if cache is None:
+            y = attention(q, k, v, positions, positions, window=self.window)
+        elif x.shape[1] == 1:
+            cache = cache.write(k, v, positions)
+            y = attention(q, cache.k, cache.v, positions, cache.pos, window=self.window)
+        else:
+            keys, values = (
+                jnp.concatenate([c.astype(a.dtype), a], axis=1) for c, a in ((cache.k, k), (cache.v, v))
+            )
+            k_pos = jnp.concatenate([cache.pos, positions], axis=1)
+            y = attention(q, keys, values, positions, k_pos, window=self.window)
+            cache = cache.write(k, v, positions)
+        return self.out(y), cache
 
 
 class MLP(nnx.Module):
     """d → 4d → d with GELU (GPT-2's tanh approximation)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, rules: Rules = DEFAULT_RULES):
         d, f = cfg.d_model, cfg.d_ff
         self.dtype = compute_dtype(cfg)
+        self.rules = rules
         resid_std = cfg.init_std / (2 * cfg.n_layer) ** 0.5
         self.c_fc_w = param(rngs, _normal(cfg.init_std), (d, f), ("embed", "mlp"))
         self.c_fc_b = param(rngs, _zeros, (f,), ("mlp",))
@@ -132,25 +169,34 @@ class MLP(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         h = jnp.einsum("btd,df->btf", x, self.c_fc_w[...].astype(self.dtype))
         h = jax.nn.gelu(h + self.c_fc_b[...].astype(self.dtype), approximate=True)
-        h = constrain(h, ("act_batch", "act_len", "act_mlp"))
-        return jnp.einsum("btf,fd->btd", h, self.c_proj_w[...].astype(self.dtype)) + self.c_proj_b[
-            ...
-        ].astype(self.dtype)
+        h = constrain(h, ("act_batch", "act_len", "act_mlp"), self.rules)
+        out = jnp.einsum("btf,fd->btd", h, self.c_proj_w[...].astype(self.dtype))
+        return out + self.c_proj_b[...].astype(self.dtype)
 
 
 class Block(nnx.Module):
     """Pre-LayerNorm transformer block: two residual lines."""
 
-    def __init__(self, cfg: ModelConfig, kind: str = "dense", *, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: ModelConfig, kind: str = "dense", *, rngs: nnx.Rngs, rules: Rules = DEFAULT_RULES
+    ):
         self.dropout = cfg.dropout
+        self.rules = rules
         self.ln_1 = LayerNorm(cfg, rngs=rngs)
-        self.attn = Attention(cfg, kind, rngs=rngs)
+        self.attn = Attention(cfg, kind, rngs=rngs, rules=rules)
         self.ln_2 = LayerNorm(cfg, rngs=rngs)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs, rules=rules)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-        """x [b, t, d], positions [b, t] → [b, t, d]. ``dropout_key`` None = no dropout."""
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        cache: LayerCache | None = None,
+        dropout_key: jax.Array | None = None,
+    ) -> tuple[jax.Array, LayerCache | None]:
+        """x [b, t, d], positions [b, t] → ([b, t, d], cache). ``dropout_key`` None = no dropout."""
         k1, k2 = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
-        x = x + dropout(self.attn(self.ln_1(x), positions), self.dropout, k1)
+        y, cache = self.attn(self.ln_1(x), positions, cache)
+        x = x + dropout(y, self.dropout, k1)
         x = x + dropout(self.mlp(self.ln_2(x)), self.dropout, k2)
-        return constrain(x, ("act_batch", "act_len", "act_embed"))
+        return constrain(x, ("act_batch", "act_len", "act_embed"), self.rules), cache

@@ -39,6 +39,33 @@ class Completion:
 
 
 @dataclass
+class Generation(Sequence[Completion]):
+    """What ``LanguageModel.generate`` returns: the completions (one per row, prompt-major; it is a
+    sequence of them, so ``[c] = lm.generate(...)`` works) and the run's ids and timings."""
+
+    completions: list[Completion]
+    result: Result
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.completions[i]
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.result.tokens_per_sec
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.result.compile_seconds
+
+    @property
+    def seconds(self) -> float:
+        return self.result.seconds
+
+
+@dataclass
 class Score:
     """Log-likelihood of a text's tokens, each given all tokens before it (and end-of-text first)."""
 
@@ -120,11 +147,11 @@ class LanguageModel:
         stop: Sequence[str] = (),
         logprobs: bool = False,
         on_text: Callable[[str], None] | None = None,
-    ) -> list[Completion]:
+    ) -> Generation:
         """Continue one prompt (text or ids) or a batch of them; ``num_samples`` rows per prompt.
 
         ``method`` overrides temperature/top_k/top_p. ``on_text`` streams the first row's new text
-        as it is produced. Returns one ``Completion`` per row, prompt-major.
+        as it is produced. Returns one ``Completion`` per row, prompt-major, with the timings.
         """
         prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else prompt
         ids = [self.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
@@ -133,13 +160,12 @@ class LanguageModel:
         shown = [0]  # characters of row 0 already streamed
         stream = self._streamer(on_text, stop, shown) if on_text is not None else None
         result = self.sampler.generate(rows, max_new_tokens, method=method, seed=seed, on_tokens=stream)
-        self.last: Result = result  # ids and timings of the latest call, for the CLI and benchmarks
         out = [
             self._completion(r, lp, stop, logprobs) for r, lp in zip(result.ids, result.logprobs, strict=True)
         ]
         if on_text is not None and len(out[0].text) > shown[0]:  # what was held back at the end
             on_text(out[0].text[shown[0] :])
-        return out
+        return Generation(out, result)
 
     def _completion(
         self, ids: list[int], lps: list[float], stop: Sequence[str], logprobs: bool
@@ -206,21 +232,39 @@ class LanguageModel:
             yield np.asarray(logp), m
 
 
+def scan_layers_for(backend: str) -> bool:
+    """Whether generation on ``backend`` runs the layers scanned over the stacked weights.
+
+    Not on CPU: XLA:CPU copies each layer's weights out of the stacked array before its matmuls,
+    and decoding is bound by reading the weights: the per-layer layout decodes GPT-2 124M about
+    1.5× faster there (``benchmarks/bench_decode.py --layers scan`` vs ``per-layer``). TPU and
+    GPU read a layer's slice in place and compile a scan faster.
+    """
+    return backend != "cpu"
+
+
 def load(
     path: str | Path,
     *,
     mesh: Mesh | None = None,
     tokenizer: str | Path | None = None,
     rules: Any = None,
+    scan_layers: bool | None = None,
 ) -> LanguageModel:
-    """Load a checkpoint (workdir, manager root or step folder) onto ``mesh`` (None: one device).
+    """Load a checkpoint (workdir, manager root or step folder) onto ``mesh`` (None: one device),
+    its parameters and activations sharded by ``rules`` (default: the standard table).
 
-    The tokenizer is ``tokenizer`` when given, else the one stored with the checkpoint, else none
+    ``scan_layers`` picks the layer layout (None: ``scan_layers_for`` the default backend). The
+    tokenizer is ``tokenizer`` when given, else the one stored with the checkpoint, else none
     (generation and scoring then work on token ids).
     """
     from gpt3_jax import checkpoint
 
-    cfg, model = checkpoint.load_model(path, mesh=mesh, rules=rules)
+    if scan_layers is None:
+        scan_layers = scan_layers_for(jax.default_backend())
+    cfg, model = checkpoint.load_model(
+        path, mesh=mesh, rules=rules, model_overrides={"scan_layers": scan_layers}
+    )
     tok_path = tokenizer or checkpoint.tokenizer_path(path)
     tok = None
     if tok_path is not None:
@@ -230,4 +274,4 @@ def load(
     return LanguageModel(cfg, model, tok, mesh)
 
 
-__all__ = ["Completion", "LanguageModel", "Result", "Score", "few_shot_prompt", "load"]
+__all__ = ["Completion", "Generation", "LanguageModel", "Result", "Score", "few_shot_prompt", "load"]

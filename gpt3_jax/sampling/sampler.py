@@ -1,12 +1,14 @@
-"""The generation loop: prefill in one pass, then a ``lax.while_loop`` of decode steps, jitted.
+"""``Sampler``: generation for one model, on the host side of the decode loop.
 
-``Sampler.generate`` compiles one function per shape bucket (prompt length and new-token budget
-rounded up to powers of two) and sampling method, and runs the whole generation in it. With
-``on_tokens`` set it streams instead: the same loop body runs in chunks of ``stream_chunk`` steps
-(one more compile, reused for every chunk), and the host receives each chunk as it comes.
+It checks and left-pads the prompts, rounds the shapes up to buckets (prompt length and new-token
+budget to powers of two: any ``max_new_tokens`` in a bucket reuses one program), compiles the
+jitted loop of ``sampling.decode`` ahead of time (so compile seconds are reported apart from decode
+speed; JAX caches the executable, a new ``Sampler`` of the same model does not recompile) and runs
+it. With ``on_tokens`` set it streams: the loop runs in chunks of ``stream_chunk`` steps and the
+host receives the tokens of each chunk as soon as they exist.
 
-Prompts of different lengths are left-padded to the bucket; each row keeps its own positions
-(see ``cache``). Rows stop at the end-of-text id; finished rows emit ``eot_id`` (or 0) after it.
+The sampler holds the model's own parameters (no copy): its extra device memory is the KV cache
+and the program's temporaries.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -26,13 +27,11 @@ from jax.sharding import Mesh
 from gpt3_jax.errors import UserError
 from gpt3_jax.model import GPT
 from gpt3_jax.sampling import decode
-from gpt3_jax.sampling.cache import KVCache
+from gpt3_jax.sampling.decode import Vocab
 from gpt3_jax.sampling.methods import Greedy, Method
 
 MIN_BUCKET = 16
 GREEDY = Greedy()
-_COMPILED: dict = {}  # (function, model, shapes, statics) → compiled executable
-_MAX_COMPILED = 32
 
 
 def bucket(n: int, cap: int | None = None) -> int:
@@ -41,105 +40,11 @@ def bucket(n: int, cap: int | None = None) -> int:
     return size if cap is None else max(n, min(size, cap))
 
 
-@jax.tree_util.register_dataclass
-@dataclass(frozen=True)
-class DecodeState:
-    """Everything the decode loop carries. b batch, n new-token budget (bucketed)."""
-
-    i: jax.Array  # () how many tokens each row has produced
-    token: jax.Array  # [b] the last token produced, fed at the next step
-    done: jax.Array  # [b] bool, row has produced end-of-text
-    tokens: jax.Array  # [b, n] produced tokens
-    logprobs: jax.Array  # [b, n] model log-probabilities of the produced tokens
-    pad: jax.Array  # [b] left padding of each row
-    key: jax.Array  # base PRNG key; step i uses fold_in(key, i)
-    cache: KVCache
-    p: int = field(metadata=dict(static=True))  # prompt slot count: token i is fed at time p - 1 + i
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """The ids generation may produce, ``[0, size)`` (the tokenizer's, which may be smaller than the
-    model's), and the end-of-text id that ends a row (-1: none)."""
-
-    size: int
-    eot_id: int = -1
-
-
-def _pick(logits: jax.Array, key: jax.Array, i: jax.Array, method: Method, vocab: Vocab):
-    """Choose the next token of every row: logits [b, v] → tokens [b], log-probs [b]."""
-    logits = decode.mask_vocab(logits, vocab.size)
-    token = method(logits, jax.random.fold_in(key, i))
-    logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), token[:, None], -1)[:, 0]
-    return token, logprob
-
-
-def _record(state: DecodeState, token, logprob, vocab: Vocab) -> DecodeState:
-    token = jnp.where(state.done, max(vocab.eot_id, 0), token)
-    done = state.done | (token == vocab.eot_id)
-    tokens = jax.lax.dynamic_update_slice(state.tokens, token[:, None], (0, state.i))
-    logprobs = jax.lax.dynamic_update_slice(state.logprobs, logprob[:, None], (0, state.i))
-    return DecodeState(state.i + 1, token, done, tokens, logprobs, state.pad, state.key, state.cache, state.p)
-
-
-def start(
-    model, groups, tokens, pad, key, *, method: Method, n: int, s_max: int, vocab: Vocab
-) -> DecodeState:
-    """Prefill the left-padded prompts tokens [b, p] and produce each row's first token."""
-    b, p = tokens.shape
-    logits, cache = decode.prefill(model, tokens, pad, s_max, groups=groups)
-    empty = DecodeState(
-        i=jnp.zeros((), jnp.int32),
-        token=jnp.zeros((b,), jnp.int32),
-        done=jnp.zeros((b,), bool),
-        tokens=jnp.zeros((b, n), jnp.int32),
-        logprobs=jnp.zeros((b, n), jnp.float32),
-        pad=pad,
-        key=key,
-        cache=cache,
-        p=p,
-    )
-    return _record(empty, *_pick(logits, key, empty.i, method, vocab), vocab)
-
-
-def run(model, groups, state: DecodeState, stop_at, *, method: Method, vocab: Vocab) -> DecodeState:
-    """Decode until ``stop_at`` tokens per row (at most the budget) or every row is done."""
-    limit = jnp.minimum(stop_at, state.tokens.shape[1])
-
-    def cond(s: DecodeState) -> jax.Array:
-        return (s.i < limit) & ~jnp.all(s.done)
-
-    def body(s: DecodeState) -> DecodeState:
-        t = s.p - 1 + s.i
-        logits, cache = decode.step(model, s.token, t, s.pad, s.cache, groups)
-        s = DecodeState(s.i, s.token, s.done, s.tokens, s.logprobs, s.pad, s.key, cache, s.p)
-        return _record(s, *_pick(logits, s.key, s.i, method, vocab), vocab)
-
-    return jax.lax.while_loop(cond, body, state)
-
-
-@partial(jax.jit, static_argnames=("graphdef", "method", "n", "s_max", "vocab"))
-def _generate(graphdef, params, tokens, pad, key, max_new, *, method, n, s_max, vocab):
-    model, groups = nnx.merge(graphdef, params[0]), params[1]
-    state = start(model, groups, tokens, pad, key, method=method, n=n, s_max=s_max, vocab=vocab)
-    return run(model, groups, state, max_new, method=method, vocab=vocab)
-
-
-@partial(jax.jit, static_argnames=("graphdef", "method", "n", "s_max", "vocab"))
-def _start(graphdef, params, tokens, pad, key, *, method, n, s_max, vocab):
-    model, groups = nnx.merge(graphdef, params[0]), params[1]
-    return start(model, groups, tokens, pad, key, method=method, n=n, s_max=s_max, vocab=vocab)
-
-
-@partial(jax.jit, static_argnames=("graphdef", "method", "vocab"), donate_argnames=("state",))
-def _run(graphdef, params, state, stop_at, *, method, vocab):
-    return run(nnx.merge(graphdef, params[0]), params[1], state, stop_at, method=method, vocab=vocab)
-
-
 @dataclass
 class Result:
     """Produced ids per row (end-of-text and what follows removed), their log-probabilities,
-    and timings: compile seconds (0 when cached) and decode seconds (prefill included)."""
+    and timings: compile seconds (about 0 when JAX had the program) and decode seconds (prefill
+    included)."""
 
     ids: list[list[int]]
     logprobs: list[list[float]]
@@ -156,12 +61,19 @@ class Result:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+def _compile(fn, *args, **static) -> tuple:
+    """``fn`` (a jitted function) compiled for these arguments, and the seconds it took."""
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args, **static).compile()
+    return compiled, time.perf_counter() - t0
+
+
 class Sampler:
     """Generation for one model: ``Sampler(model).generate([[ids...], ...], max_new_tokens)``.
 
-    Inside ``jax.set_mesh(mesh)`` with a sharded model, the cache is sharded by the same rules.
-    The sampler keeps its own copy of the layer weights split per layer group (``decode.unstack``:
-    the decode loop then reads them in place), so it holds about one more copy of those weights.
+    With ``mesh`` (the one the model's parameters are sharded over) generation runs inside it and
+    the cache is sharded by the model's rules like the parameters (heads over ``tensor``, batch
+    over the data axes).
     """
 
     def __init__(
@@ -175,34 +87,15 @@ class Sampler:
     ):
         self.cfg = model.cfg
         self.mesh = mesh
-        # (model state, per-group weights): the decode loop reads the split copy (``decode.unstack``).
-        self.graphdef, state = nnx.split(model)
-        self.params = (state, decode.unstack(model))
+        self.graphdef, self.params = nnx.split(model)  # the model's arrays themselves
         self.vocab = Vocab(vocab_size or self.cfg.vocab_size, -1 if eot_id is None else int(eot_id))
         self.stream_chunk = stream_chunk
-
-    def _compile(self, name: str, fn, *args, **static) -> tuple:
-        """AOT-compile ``fn`` once per model, argument shapes and statics → (compiled, seconds).
-
-        Compiled ahead of time so that compile seconds are reported apart from decode speed; the
-        cache is shared by all samplers (a notebook re-creating one does not recompile).
-        """
-        leaves, treedef = jax.tree.flatten((self.params, args))
-        shapes = tuple((a.shape, a.dtype, getattr(a, "sharding", None)) for a in leaves)
-        key = (name, self.graphdef, str(treedef), shapes, tuple(sorted(static.items())))
-        if key in _COMPILED:
-            return _COMPILED[key], 0.0
-        t0 = time.perf_counter()
-        compiled = fn.lower(self.graphdef, self.params, *args, **static).compile()
-        if len(_COMPILED) >= _MAX_COMPILED:
-            _COMPILED.pop(next(iter(_COMPILED)))  # the oldest
-        _COMPILED[key] = compiled
-        return compiled, time.perf_counter() - t0
 
     def prepare(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Check and left-pad prompts → tokens [b, p], pad [b], and the new-token budget to use."""
+        """Check and left-pad prompts → tokens [b, p], positions [b, p] (-1 on padding), and the
+        new-token budget to use (the context may leave less room than asked)."""
         n_ctx = self.cfg.n_ctx
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("empty prompt; give at least one token of text")
@@ -220,10 +113,11 @@ class Sampler:
             raise UserError(f"max new tokens must be >= 1, got {max_new_tokens}")
         p = bucket(longest, n_ctx)
         tokens = np.zeros((len(prompts), p), np.int32)
-        pad = np.array([p - len(q) for q in prompts], np.int32)
+        positions = np.full((len(prompts), p), -1, np.int32)
         for r, q in enumerate(prompts):
-            tokens[r, pad[r] :] = q
-        return tokens, pad, min(max_new_tokens, n_ctx - longest)
+            tokens[r, p - len(q) :] = q
+            positions[r, p - len(q) :] = np.arange(len(q))
+        return tokens, positions, min(max_new_tokens, n_ctx - longest)
 
     def generate(
         self,
@@ -239,31 +133,35 @@ class Sampler:
         ``on_tokens(tokens)`` (streaming) receives all rows' tokens so far, [b, i], after each
         chunk; returning True stops generation (e.g. a stop string was seen).
         """
-        tokens, pad, max_new = self.prepare(prompts, max_new_tokens)
-        with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
-            return self._generate(prompts, tokens, pad, max_new, method, seed, on_tokens)
-
-    def _generate(self, prompts, tokens, pad, max_new, method, seed, on_tokens) -> Result:
+        tokens, positions, max_new = self.prepare(prompts, max_new_tokens)
         n = bucket(max_new)
         static = dict(method=method, n=n, s_max=tokens.shape[1] + n, vocab=self.vocab)
-        args = (jnp.asarray(tokens), jnp.asarray(pad), jax.random.key(seed))
-        if on_tokens is None:
-            fn, compile_s = self._compile("generate", _generate, *args, jnp.int32(max_new), **static)
-            t0 = time.perf_counter()
-            state = jax.block_until_ready(fn(self.params, *args, jnp.int32(max_new)))
-        else:
-            first, compile_s = self._compile("start", _start, *args, **static)
-            t0 = time.perf_counter()
-            state = first(self.params, *args)
-            rest, more = self._compile("run", _run, state, jnp.int32(0), method=method, vocab=self.vocab)
-            compile_s, t0 = compile_s + more, t0 + more
-            while True:  # host-side reads only: slicing on device would compile per length
-                i, done, produced = jax.device_get((state.i, state.done, state.tokens))
-                if on_tokens(produced[:, :i]) or i >= max_new or done.all():
-                    break
-                state = rest(self.params, state, jnp.int32(min(i + self.stream_chunk, max_new)))
-        seconds = time.perf_counter() - t0
-        i, out, logp = jax.device_get((state.i, state.tokens, state.logprobs))
+        with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+            args = (
+                self.graphdef,
+                self.params,
+                jnp.asarray(tokens),
+                jnp.asarray(positions),
+                jax.random.key(seed),
+            )
+            if on_tokens is None:
+                fn, compile_s = _compile(decode.generate, *args, jnp.int32(max_new), **static)
+                t0 = time.perf_counter()
+                state = jax.block_until_ready(fn(*args[1:], jnp.int32(max_new)))
+            else:
+                first, compile_s = _compile(decode.prefill, *args, **static)
+                t0 = time.perf_counter()
+                state = first(*args[1:])
+                chunk = dict(method=method, vocab=self.vocab)
+                rest, more = _compile(decode.resume, self.graphdef, self.params, state, jnp.int32(0), **chunk)
+                compile_s, t0 = compile_s + more, t0 + more
+                while True:  # host-side reads only: slicing on device would compile per length
+                    i, done, produced = jax.device_get((state.i, state.done, state.tokens))
+                    if on_tokens(produced[:, :i]) or i >= max_new or done.all():
+                        break
+                    state = rest(self.params, state, jnp.int32(min(i + self.stream_chunk, max_new)))
+            seconds = time.perf_counter() - t0
+            i, out, logp = jax.device_get((state.i, state.tokens, state.logprobs))
         out, logp = out[:, :i], logp[:, :i]
         ids, lps = [], []
         for r in range(out.shape[0]):

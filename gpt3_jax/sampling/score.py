@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gpt3_jax.sampling.decode import mask_vocab
+from gpt3_jax.model import mask_vocab
 
 
 @partial(jax.jit, static_argnames=("graphdef", "vocab_size"))
@@ -22,7 +22,8 @@ def token_logprobs(
     distribution is over the usable vocabulary.
     """
     model = nnx.merge(graphdef, params)
-    logits = mask_vocab(model(inputs), vocab_size)  # (b, t, v)
+    logits, _ = model(inputs)
+    logits = mask_vocab(logits, vocab_size)  # (b, t, v)
     logp = jax.nn.log_softmax(logits, axis=-1)
     return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 

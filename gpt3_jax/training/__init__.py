@@ -1,10 +1,13 @@
-"""Training: the optimiser recipe, the sharded train state, the jitted step and the loop."""
+"""Training: the optimiser recipe, the setup shared with the planner, the sharded train state,
+the jitted step and the loop."""
 
 from gpt3_jax.training.optim import learning_rate, make_optimizer, ramp_micro_batches
-from gpt3_jax.training.state import TrainState, abstract_state, init_state, state_shardings
+from gpt3_jax.training.setup import Setup, abstract_state, setup, state_shardings
+from gpt3_jax.training.state import TrainState, init_state
 from gpt3_jax.training.step import cross_entropy, jit_eval_step, jit_train_step, make_train_step
 
 __all__ = [
+    "Setup",
     "TrainState",
     "abstract_state",
     "cross_entropy",
@@ -15,5 +18,6 @@ __all__ = [
     "make_optimizer",
     "make_train_step",
     "ramp_micro_batches",
+    "setup",
     "state_shardings",
 ]

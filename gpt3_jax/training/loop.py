@@ -30,31 +30,19 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from gpt3_jax import checkpoint, distributed, sharding
+from gpt3_jax import checkpoint, distributed
+from gpt3_jax.checkpoint import Checkpointer, load_init_params
 from gpt3_jax.config import Config, dump_config
 from gpt3_jax.errors import UserError
-from gpt3_jax.training.checkpointing import Checkpointer, load_init_params
 from gpt3_jax.training.metrics import MetricsWriter, mfu
-from gpt3_jax.training.optim import check_ramp, make_optimizer, ramp_micro_batches
-from gpt3_jax.training.state import abstract_state, init_state, model_graphdef_and_abstract, state_shardings
-from gpt3_jax.training.step import batch_shardings, jit_eval_step, jit_train_step
+from gpt3_jax.training.optim import check_ramp, ramp_micro_batches
+from gpt3_jax.training.setup import setup
+from gpt3_jax.training.state import init_state
+from gpt3_jax.training.step import jit_eval_step, jit_train_step
 
 
 class DivergedError(UserError):
     """The loss or gradient norm became NaN/Inf; the CLI exits 3."""
-
-
-def check_batch(cfg: Config, dp: int) -> int:
-    """The micro-batch size in sequences; it must split evenly over ``dp`` data-parallel shards."""
-    t = cfg.train
-    micro = t.batch_size // t.micro_batches
-    if micro % dp:
-        raise UserError(
-            f"the micro-batch of train.batch_size={t.batch_size} / train.micro_batches={t.micro_batches} = "
-            f"{micro} sequences does not split over {dp}-way data parallelism (mesh data × fsdp); "
-            f"make batch_size / micro_batches a multiple of {dp}"
-        )
-    return micro
 
 
 class _StopSignals:
@@ -187,11 +175,10 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     t_start = time.perf_counter()
     main = jax.process_index() == 0
     workdir = Path(cfg.run.workdir)
-    mesh = sharding.make_mesh(cfg.mesh)
-    rules = sharding.rules_from_config(cfg.mesh.rules)
-    micro = check_batch(cfg, sharding.data_parallel_size(mesh, rules))
-    check_ramp(cfg)
     cfg = _with_init_tokenizer(cfg)
+    s = setup(cfg)  # mesh, rules, optimizer, abstract state, shardings; checks the batch
+    check_ramp(cfg)
+    mesh, micro = s.mesh, s.micro
 
     ckpt = Checkpointer(workdir, cfg)
     resume = ckpt.latest_step()
@@ -210,31 +197,24 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         prefetch=cfg.data.prefetch,
     )
 
-    tx = make_optimizer(cfg.optim)
-    graphdef, _ = model_graphdef_and_abstract(cfg)
-    abstract = abstract_state(cfg, tx)
-    shardings = state_shardings(abstract, mesh, rules)
-    train_batch, eval_batch = batch_shardings(mesh, rules), batch_shardings(mesh, rules, micro=False)
-    info = count(cfg.model)  # outside set_mesh: it builds the model abstractly, unsharded
+    info = count(cfg.model)
     device_kind, tokens_per_micro = jax.devices()[0].device_kind, micro * cfg.model.n_ctx
 
     params = None
-    if resume is None and cfg.train.init_from:  # outside set_mesh: it builds abstract models
-        params = load_init_params(cfg.train.init_from, cfg, shardings.params)
-    with jax.set_mesh(mesh), sharding.use_rules(rules):
+    if resume is None and cfg.train.init_from:
+        params = load_init_params(cfg.train.init_from, cfg, mesh=mesh, rules=s.rules)
+    with jax.set_mesh(mesh):
         if resume is not None:
-            state, data_state = ckpt.restore(resume, abstract, shardings)
+            state, data_state = ckpt.restore(resume, mesh=mesh, rules=s.rules, tx=s.tx)
             it.set_state(data_state)
             where = f"resumed from step {resume}"
         else:
-            state = init_state(cfg, tx, shardings, params=params)
+            state = init_state(cfg, s.tx, s.shardings, params=params)
             where = f"parameters from {cfg.train.init_from}" if params is not None else "new run"
         step, tokens_seen = int(state.step), int(state.tokens)  # one sync, before the loop
-        step_fn = jit_train_step(cfg, graphdef, tx, mesh, rules, shardings)
+        step_fn = jit_train_step(s)
         param_norm = jax.jit(optax.global_norm)
-        eval_fn = (
-            jit_eval_step(cfg, graphdef, mesh, rules, shardings.params) if cfg.train.eval_every else None
-        )
+        eval_fn = jit_eval_step(s) if cfg.train.eval_every else None
         writer = MetricsWriter(workdir, resume_step=step, enabled=main)
         if main:
             print(
@@ -255,7 +235,9 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                 stopping: str | None = None
                 while step < cfg.train.steps and stopping is None:
                     m = ramp_micro_batches(cfg, tokens_seen)
-                    state, metrics = step_fn(state, _global_batch([next(it) for _ in range(m)], train_batch))
+                    state, metrics = step_fn(
+                        state, _global_batch([next(it) for _ in range(m)], s.train_batch)
+                    )
                     step += 1
                     tokens_seen += m * tokens_per_micro
                     pending.append(metrics)
@@ -294,7 +276,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         summary["loss"] = values["loss"]
                         pending, interval_steps, interval_tokens = [], 0, 0
                     if eval_now and eval_fn is not None:
-                        eval_loss = _evaluate(cfg, data, eval_fn, state.params, eval_batch, micro)
+                        eval_loss = _evaluate(cfg, data, eval_fn, state.params, s.eval_batch, micro)
                         perplexity = math.exp(min(eval_loss, 700.0))
                         writer.write(step, {"eval_loss": eval_loss, "eval_perplexity": perplexity})
                         if main:
@@ -302,14 +284,14 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         summary["eval_loss"] = eval_loss
                     if cfg.train.sample_every and step % cfg.train.sample_every == 0:
                         # every process samples: the parameters are sharded over all of them
-                        text = _sample(cfg, graphdef, state.params, data.tokenizer, mesh)
+                        text = _sample(cfg, s.graphdef, state.params, data.tokenizer, mesh)
                         if main:
                             tqdm.write(f"step {step} sample: {text!r}")
                     if save_now:
                         # the loss saw the parameters before this step's update; check the update too
                         values["param_norm"] = float(param_norm(state.params))
                         _check_finite(values, step, last_saved, ckpt.root)
-                        ckpt.save(state, it.get_state(), cfg)
+                        ckpt.save(state, it.get_state())
                         last_saved = step
                     t_last = time.perf_counter()  # evals and saves are not training time
                 summary["stopped_by"] = stopping
@@ -320,7 +302,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
             it.close()
 
         if summary["stopped_by"] is None and step > start_step and cfg.train.sample_tokens:
-            text = _sample(cfg, graphdef, state.params, data.tokenizer, mesh)  # on every process, as above
+            text = _sample(cfg, s.graphdef, state.params, data.tokenizer, mesh)  # on every process, as above
             if text is not None:
                 if main:
                     print(f"sample: {text!r}")

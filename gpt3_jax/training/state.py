@@ -1,6 +1,6 @@
 """The train state: a plain pytree, born sharded.
 
-abstract shapes (``nnx.eval_shape``) → shardings from the rules table → ``jit(init,
+abstract shapes (``training.setup``) → shardings from the rules table → ``jit(init,
 out_shardings=…)``: no parameter or optimizer moment is ever materialised whole on one device.
 The optimizer state carries the parameters' logical names, so it shards like its parameters.
 """
@@ -8,17 +8,14 @@ The optimizer state carries the parameters' logical names, so it shards like its
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gpt3_jax import sharding
 from gpt3_jax.config import Config
-from gpt3_jax.model import GPT, abstract_gpt
+from gpt3_jax.model import GPT
 
 
 @jax.tree_util.register_dataclass
@@ -31,45 +28,6 @@ class TrainState:
     rng: jax.Array  # uint32[2] raw key; dropout keys are folded from it by step
 
 
-def model_graphdef_and_abstract(cfg: Config) -> tuple[nnx.GraphDef, nnx.State]:
-    """The model's static graph and abstract parameters, built without touching a device."""
-    return abstract_gpt(cfg.model)
-
-
-def abstract_state(cfg: Config, tx: optax.GradientTransformation) -> TrainState:
-    _, params = model_graphdef_and_abstract(cfg)
-    return TrainState(
-        params=params,
-        opt_state=jax.eval_shape(tx.init, params),
-        step=jax.ShapeDtypeStruct((), jnp.int32),
-        tokens=jax.ShapeDtypeStruct((), jnp.float32),
-        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
-    )
-
-
-def state_shardings(abstract: TrainState, mesh: Mesh, rules: sharding.Rules) -> TrainState:
-    """NamedShardings for every leaf: parameters and moments by the rules, scalars replicated."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return TrainState(
-        params=sharding.state_shardings(abstract.params, mesh, rules),
-        opt_state=sharding.state_shardings(abstract.opt_state, mesh, rules),
-        step=replicated,
-        tokens=replicated,
-        rng=replicated,
-    )
-
-
-def with_shardings(abstract: Any, shardings: Any) -> Any:
-    """Attach shardings to abstract leaves (ShapeDtypeStruct), e.g. as an Orbax restore target."""
-
-    def one(a: Any, s: NamedSharding) -> Any:
-        if isinstance(a, nnx.Variable):
-            return a.replace(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s))
-        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-
-    return jax.tree.map(one, abstract, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
 def init_state(
     cfg: Config, tx: optax.GradientTransformation, shardings: TrainState, *, params: nnx.State | None = None
 ) -> TrainState:
@@ -78,8 +36,7 @@ def init_state(
 
     def init(params: nnx.State | None) -> TrainState:
         if params is None:
-            with nnx.use_eager_sharding(False):
-                params = nnx.state(GPT(cfg.model, rngs=nnx.Rngs(cfg.run.seed)))
+            params = nnx.state(GPT(cfg.model, rngs=nnx.Rngs(cfg.run.seed)))
         return TrainState(
             params=params,
             opt_state=tx.init(params),

@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
 
-from gpt3_jax import sharding
 from gpt3_jax.config import Config
+from gpt3_jax.model import mask_vocab
 from gpt3_jax.training.optim import learning_rate, set_learning_rate
+from gpt3_jax.training.setup import Setup
 from gpt3_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -27,17 +27,15 @@ Metrics = dict[str, jax.Array]
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, vocab_size: int) -> jax.Array:
-    """Mean next-token loss. logits [..., v_padded] float32; padding rows of the vocabulary are
+    """Mean next-token loss. logits [..., v_padded] float32; the padding rows of the vocabulary are
     masked out so they never take probability mass."""
-    valid = jnp.arange(logits.shape[-1]) < vocab_size
-    logits = jnp.where(valid, logits, jnp.finfo(logits.dtype).min)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(mask_vocab(logits, vocab_size), targets).mean()
 
 
 def make_loss_fn(cfg: Config, graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
     def loss_fn(params: nnx.State, inputs: jax.Array, targets: jax.Array, key: jax.Array | None) -> jax.Array:
         model = nnx.merge(graphdef, params)
-        logits = model(inputs, dropout_key=key)  # (b, t, v)
+        logits, _ = model(inputs, dropout_key=key)  # (b, t, v)
         return cross_entropy(logits, targets, cfg.model.vocab_size)
 
     return loss_fn
@@ -91,39 +89,16 @@ def make_eval_step(cfg: Config, graphdef: nnx.GraphDef) -> Callable[[nnx.State, 
     return eval_step
 
 
-def batch_shardings(mesh: Mesh, rules: sharding.Rules, micro: bool = True) -> dict[str, NamedSharding]:
-    """Inputs/targets: batch over the data-parallel axes; ``micro`` adds the leading m axis."""
-    names = (None, "act_batch", None) if micro else ("act_batch", None)
-    spec = sharding.logical_to_spec(names, rules)
-    return {k: NamedSharding(mesh, spec) for k in ("inputs", "targets")}
-
-
-def jit_train_step(
-    cfg: Config,
-    graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation,
-    mesh: Mesh,
-    rules: sharding.Rules,
-    shardings: TrainState,
-) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The train step jitted once, with explicit input/output shardings and donated state.
-
-    Call it inside ``jax.set_mesh(mesh)`` and ``sharding.use_rules(rules)`` (the trainer and the
-    planner do) so activations are constrained at block boundaries.
-    """
-    step = make_train_step(cfg, graphdef, tx)
+def jit_train_step(s: Setup) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The train step of a ``Setup`` jitted once, with explicit input/output shardings and donated
+    state. Call it inside ``jax.set_mesh(s.mesh)`` (the trainer and the planner do)."""
     return jax.jit(
-        step,
-        in_shardings=(shardings, batch_shardings(mesh, rules)),
-        out_shardings=(shardings, None),
+        make_train_step(s.cfg, s.graphdef, s.tx),
+        in_shardings=(s.shardings, s.train_batch),
+        out_shardings=(s.shardings, None),
         donate_argnums=(0,),
     )
 
 
-def jit_eval_step(
-    cfg: Config, graphdef: nnx.GraphDef, mesh: Mesh, rules: sharding.Rules, param_shardings: Any
-) -> Callable[[nnx.State, Batch], jax.Array]:
-    return jax.jit(
-        make_eval_step(cfg, graphdef),
-        in_shardings=(param_shardings, batch_shardings(mesh, rules, micro=False)),
-    )
+def jit_eval_step(s: Setup) -> Callable[[nnx.State, Batch], jax.Array]:
+    return jax.jit(make_eval_step(s.cfg, s.graphdef), in_shardings=(s.shardings.params, s.eval_batch))
