@@ -97,7 +97,7 @@ class ModelConfig:
 class DataConfig:
     """Where training text comes from and how it becomes token windows."""
 
-    corpus: str = "stdlib"  # embedded default corpus, used when `input` is empty
+    corpus: str = "stdlib"  # embedded corpus used when `input` is empty: stdlib | shakespeare
     input: tuple[str, ...] = ()  # text files, folders, JSONL(.gz); overrides `corpus`
     tokenizer: str = ""  # a SentencePiece .model; empty = train one on the data (cached)
     tokenizer_type: str = "bpe"  # bpe | unigram | char, when a tokenizer is trained

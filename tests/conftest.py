@@ -9,14 +9,12 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-
 
 @pytest.fixture
 def shakespeare() -> Path:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} not present")
+    """tiny Shakespeare, as the package ships it (the embedded ``shakespeare`` corpus)."""
+    from gpt3_jax.data.corpus import SHAKESPEARE
+
     return SHAKESPEARE
 
 

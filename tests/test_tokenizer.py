@@ -2,22 +2,18 @@
 
 import hashlib
 import random
-from pathlib import Path
 
 import pytest
 
 from gpt3_jax.cli import main
 from gpt3_jax.data import Tokenizer, train_tokenizer
+from gpt3_jax.data.corpus import SHAKESPEARE
 from gpt3_jax.data.tokenizer import EOT_PIECE
 from gpt3_jax.errors import UserError
-
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 @pytest.fixture(scope="module")
 def bpe(tmp_path_factory) -> Tokenizer:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} not present")
     return train_tokenizer([SHAKESPEARE], 512, tmp_path_factory.mktemp("bpe"), progress=False)
 
 

@@ -24,7 +24,7 @@ last checkpoint on disk is from before it).
 
 Examples:
   gpt3-jax train configs/tiny.yaml run.workdir=/tmp/tiny
-  gpt3-jax train configs/shakespeare-char.yaml data.input=../shared/data/tinyshakespeare.txt
+  gpt3-jax train configs/shakespeare-char.yaml
   gpt3-jax train configs/tiny.yaml train.init_from=runs/gpt2 run.workdir=runs/finetune
 """
 
