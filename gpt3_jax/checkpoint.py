@@ -10,15 +10,14 @@ these items (a params-only checkpoint, as ``convert from-hf`` writes, has just t
     data       the data iterator's state (JSON)              (training checkpoints)
 
 Any command that takes ``--checkpoint DIR`` accepts a run's workdir (``DIR/checkpoints``), a
-manager root, or one step folder. A SentencePiece model beside the items (``tokenizer.model`` in
-the manager root) travels with the checkpoint.
+manager root, or one step folder. A tokenizer beside the items (``tokenizer.model`` or
+``tokenizer.json`` in the manager root, see ``gpt3_jax.data.tokenizer``) travels with the checkpoint.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -28,9 +27,11 @@ from jax.sharding import Mesh
 from gpt3_jax.config import Config, config_from_dict
 from gpt3_jax.errors import UserError
 
+if TYPE_CHECKING:
+    from gpt3_jax.data.tokenizer import Tokenizer
+
 PARAMS_ONLY = ("params", "config")
 TRAINING_ITEMS = ("params", "config", "opt_state", "meta", "data")
-TOKENIZER_FILE = "tokenizer.model"
 
 
 def manager(
@@ -62,12 +63,11 @@ def resolve(path: str | Path) -> tuple[Path, int]:
 
 
 def tokenizer_path(path: str | Path) -> Path | None:
-    """The SentencePiece model stored with a checkpoint, if any."""
+    """The tokenizer file stored with a checkpoint (in its root, or its run's workdir), if any."""
+    from gpt3_jax.data.tokenizer import find_tokenizer
+
     root, _ = resolve(path)
-    for candidate in (root / TOKENIZER_FILE, root.parent / TOKENIZER_FILE):
-        if candidate.is_file():
-            return candidate
-    return None
+    return find_tokenizer(root) or find_tokenizer(root.parent)
 
 
 def load_config(path: str | Path) -> Config:
@@ -86,9 +86,11 @@ def save_params(
     params: nnx.State | dict[str, Any],
     *,
     step: int = 0,
-    tokenizer: str | Path | None = None,
+    tokenizer: Tokenizer | str | Path | None = None,
 ) -> Path:
-    """Write a params-only checkpoint (what ``convert from-hf`` produces) and return its root."""
+    """Write a params-only checkpoint (what ``convert from-hf`` produces) and return its root.
+
+    ``tokenizer`` (a ``Tokenizer``, or a path ``load_tokenizer`` takes) is stored beside the steps."""
     root = Path(directory).absolute()
     pure = params.to_pure_dict() if isinstance(params, nnx.State) else params
     mgr = manager(root, item_names=PARAMS_ONLY)
@@ -100,7 +102,9 @@ def save_params(
     mgr.wait_until_finished()
     mgr.close()
     if tokenizer is not None:
-        shutil.copyfile(tokenizer, root / TOKENIZER_FILE)
+        from gpt3_jax.data.tokenizer import Tokenizer, load_tokenizer
+
+        (tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)).save(root)
     return root
 
 

@@ -99,7 +99,7 @@ class DataConfig:
 
     corpus: str = "stdlib"  # embedded corpus used when `input` is empty: stdlib | shakespeare
     input: tuple[str, ...] = ()  # text files, folders, JSONL(.gz); overrides `corpus`
-    tokenizer: str = ""  # a SentencePiece .model; empty = train one on the data (cached)
+    tokenizer: str = ""  # SentencePiece .model, HF tokenizer.json or a folder; empty = train one (cached)
     tokenizer_type: str = "bpe"  # bpe | unigram | char, when a tokenizer is trained
     vocab_size: int = 0  # tokenizer size to train; 0 = model.vocab_size
     val_fraction: float = 0.01  # tail of the token stream held out for eval

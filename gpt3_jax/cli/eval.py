@@ -19,7 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="run workdir or checkpoint dir")
     parser.add_argument("--input", nargs="+", metavar="PATH", help="text files, folders or JSONL(.gz)")
     parser.add_argument(
-        "--tokenizer", metavar="MODEL", help="SentencePiece .model (default: the checkpoint's)"
+        "--tokenizer",
+        metavar="TOK",
+        help="a SentencePiece .model, a Hugging Face tokenizer.json, or a folder holding one "
+        "(default: the checkpoint's)",
     )
     parser.add_argument("--seq-len", type=int, default=0, metavar="T", help="window length; 0 = n_ctx")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B")
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be >= 1, --max-batches and --seq-len >= 0")
     lm = load(args.checkpoint, tokenizer=args.tokenizer)
     if lm.tokenizer is None:
-        raise UserError("the checkpoint has no tokenizer.model; pass --tokenizer MODEL")
+        raise UserError("the checkpoint has no tokenizer; pass --tokenizer TOK")
     seq_len = args.seq_len or lm.cfg.model.n_ctx
     if seq_len > lm.cfg.model.n_ctx:
         raise UserError(f"--seq-len {seq_len} exceeds the model's context {lm.cfg.model.n_ctx}")

@@ -15,7 +15,8 @@ this run has.
 
 Writes: WORKDIR/metrics.jsonl (one JSON line per train.log_every steps and per eval),
 TensorBoard events beside it, WORKDIR/checkpoints/<step>/ (every checkpoint.every steps and at
-the end), WORKDIR/checkpoints/tokenizer.model and WORKDIR/config.yaml.
+the end), the tokenizer beside them (WORKDIR/checkpoints/tokenizer.model, or tokenizer.json for a
+Hugging Face one) and WORKDIR/config.yaml.
 
 Exit codes: 0 done, or stopped by SIGTERM (a preemption: the step finished, a checkpoint was
 saved; run the same command again to continue); 130 stopped by SIGINT (Ctrl-C; saved likewise;

@@ -1,15 +1,16 @@
 """Save and restore a run: the TrainState plus the data iterator's position, via Orbax.
 
 Layout (``gpt3_jax.checkpoint``): ``WORKDIR/checkpoints/<step>/{params, config, opt_state, meta,
-data}`` and ``WORKDIR/checkpoints/tokenizer.model``. ``params`` is the NNX state's pure dict, so
-``sample``/``eval``/``convert`` read a training checkpoint like any other. Restoring takes targets
-that carry the *current* mesh's shardings, so a run saved on one mesh continues on another.
+data}`` and ``WORKDIR/checkpoints/tokenizer.model`` (or ``tokenizer.json``, a Hugging Face
+tokenizer). ``params`` is the NNX state's pure dict, so ``sample``/``eval``/``convert`` read a
+training checkpoint like any other. Restoring takes targets that carry the *current* mesh's
+shardings, so a run saved on one mesh continues on another.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -19,6 +20,9 @@ from gpt3_jax import checkpoint
 from gpt3_jax.config import Config
 from gpt3_jax.errors import UserError
 from gpt3_jax.training.state import TrainState, model_graphdef_and_abstract, with_shardings
+
+if TYPE_CHECKING:
+    from gpt3_jax.data.tokenizer import Tokenizer
 
 
 def _meta(state: TrainState) -> dict[str, jax.Array]:
@@ -80,14 +84,9 @@ class Checkpointer:
         state = TrainState(params, restored.opt_state, meta["step"], meta["tokens"], meta["rng"])
         return state, restored.data
 
-    def save_tokenizer(self, model_bytes: bytes) -> None:
-        """Write the run's SentencePiece model beside the steps, where ``sample`` looks for it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        dest = self.root / checkpoint.TOKENIZER_FILE
-        if not dest.exists() or dest.read_bytes() != model_bytes:
-            tmp = dest.with_suffix(".partial")
-            tmp.write_bytes(model_bytes)
-            tmp.replace(dest)  # a reader sees the old model or the new one, never half of one
+    def save_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Write the run's tokenizer beside the steps, where ``sample`` looks for it (atomically)."""
+        tokenizer.save(self.root)
 
     def wait(self) -> None:
         self.mgr.wait_until_finished()
