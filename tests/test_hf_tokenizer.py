@@ -156,6 +156,24 @@ def test_prepared_data_records_and_checks_the_hf_tokenizer(hf: HFTokenizer, tmp_
         PreparedData.load(data.dir, sp)
 
 
+def test_big_documents_are_cut_where_byte_level_bpe_does_not_merge(hf: HFTokenizer, monkeypatch) -> None:
+    """GPT-2's pre-tokenizer joins a line break with the whitespace beside it ("  \\n", "\\n    "):
+    pieces end only at breaks between two non-space characters, so their ids are the whole's."""
+    import argparse
+    import inspect
+
+    from gpt3_jax.data import sources
+
+    code = inspect.getsource(argparse)
+    path = Path(inspect.getsourcefile(argparse))
+    monkeypatch.setattr(sources, "_PIECE_BYTES", 2000)
+    pieces = list(sources.iter_pieces(list_inputs([path])))
+    assert len(pieces) > 5 and "".join(p.text for p in pieces) == code
+    assert [i for p in pieces for i in hf.encode(p.text)] == hf.encode(code)
+    naive = [code[i : i + 2000] for i in range(0, len(code), 2000)]  # cuts anywhere: other ids
+    assert [i for p in naive for i in hf.encode(p)] != hf.encode(code)
+
+
 def test_checkpoint_carries_the_tokenizer_to_load(hf: HFTokenizer, tmp_path: Path) -> None:
     from flax import nnx
 

@@ -32,13 +32,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _input_ids(lm, paths: list[str]):
+    """End of text, then each document's ids (a big document arrives in pieces), as in training."""
     import numpy as np
+    from tqdm import tqdm
 
-    from gpt3_jax.data.sources import list_inputs, read_texts
+    from gpt3_jax.data.sources import iter_pieces, list_inputs
 
+    files = list_inputs(paths)
     ids: list[int] = []
-    for text in read_texts(list_inputs(paths), desc="tokenizing", file=sys.stderr):
-        ids += [lm.eot_id, *lm.encode(text)]
+    starts = True
+    with tqdm(
+        total=sum(f.size for f in files), desc="tokenizing", unit="B", unit_scale=True, file=sys.stderr
+    ) as bar:
+        for piece in iter_pieces(files):
+            ids += [lm.eot_id, *lm.encode(piece.text)] if starts else lm.encode(piece.text)
+            starts = piece.end
+            bar.update(min(piece.n_bytes, bar.total - bar.n))
     return np.asarray(ids, np.int64)
 
 
