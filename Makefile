@@ -1,29 +1,44 @@
-# Quick start:  make demo   (set-up included: a virtualenv in .venv, the package, the demo run)
-#               make test   (set-up included; the default, fast test suite)
+# Quick start:  make demo       (set-up included: a virtualenv in .venv, the package, the demo run)
+#               make test       (set-up included: the test and compare extras; the default test suite)
+#               make notebooks  (set-up for notebooks/: the notebooks extra)
+# Each set-up step leaves a stamp in .venv, so `make demo` then `make test` installs only the extras.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint notebooks clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test,compare]'
 	touch $@
 
-demo: $(BIN)/.installed
+$(VENV)/.installed-notebooks: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[notebooks]'
+	touch $@
+
+demo: $(VENV)/.installed-base
 	$(BIN)/gpt3-jax train configs/demo.yaml
 
-test: $(BIN)/.installed
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
-test-slow: $(BIN)/.installed
+test-slow: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m slow
 
-lint: $(BIN)/.installed
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gpt3_jax tests benchmarks
 	$(BIN)/ruff format --check gpt3_jax tests benchmarks
+
+notebooks: $(VENV)/.installed-notebooks
+	@echo "notebooks/ is ready to run with $(BIN)/python (kernel: ipykernel in $(VENV))"
 
 clean:
 	rm -rf $(VENV) runs

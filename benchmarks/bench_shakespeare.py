@@ -1,12 +1,13 @@
 """The learning check: nanoGPT's character-level tiny-Shakespeare CPU setting, timed end to end.
 
-Runs ``gpt3-jax train configs/shakespeare-char.yaml data.input=[TEXT]`` in a fresh workdir (so
-the tokenizer and data preparation are part of the time), reads the final validation loss from
-its metrics.jsonl, and checks it against nanoGPT's 1.88 (goal: ≤ 1.90). With ``--nanogpt`` it
-also times ``benchmarks/nanogpt_shakespeare_char.py`` (a PyTorch re-implementation of nanoGPT
-for the same setting) on the same machine, one after the other.
+Runs ``gpt3-jax train configs/shakespeare-char.yaml`` (on the package's embedded tiny Shakespeare,
+or ``--text FILE``) in a fresh workdir (so the tokenizer and data preparation are part of the
+time), reads the final validation loss from its metrics.jsonl, and checks it against nanoGPT's
+1.88 (goal: ≤ 1.90). With ``--nanogpt`` it also times ``benchmarks/nanogpt_shakespeare_char.py``
+(a PyTorch re-implementation of nanoGPT for the same setting) on the same machine, one after the
+other.
 
-    python benchmarks/bench_shakespeare.py ../shared/data/tinyshakespeare.txt --nanogpt
+    python benchmarks/bench_shakespeare.py --nanogpt
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT / "gpt3_jax" / "data" / "corpora" / "tinyshakespeare.txt"  # the preset's corpus
 TARGET = 1.90
 
 
-def run_ours(text: Path, workdir: Path, extra: list[str]) -> dict:
+def run_ours(text: Path | None, workdir: Path, extra: list[str]) -> dict:
     cmd = [
         sys.executable,
         "-m",
         "gpt3_jax",
         "train",
         str(ROOT / "configs" / "shakespeare-char.yaml"),
-        f"data.input=[{text}]",
+        *([f"data.input=[{text}]"] if text else []),
         f"run.workdir={workdir}",
         *extra,
         "--no-progress",
@@ -62,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("text", type=Path, help="tinyshakespeare.txt")
+    parser.add_argument("--text", type=Path, help="a text file (default: the embedded tiny Shakespeare)")
     parser.add_argument(
         "--nanogpt", action="store_true", help="also time the PyTorch nanoGPT re-implementation"
     )
@@ -70,7 +72,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="default: a fresh temporary folder")
     parser.add_argument("overrides", nargs="*", help="extra section.key=value overrides for our run")
     args = parser.parse_args()
-    text = args.text.resolve()
+    text = args.text.resolve() if args.text else None
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp) / "run"
@@ -82,7 +84,7 @@ def main() -> None:
         "passes": ours["val_loss"] <= TARGET,
     }
     if args.nanogpt:
-        result["nanogpt_pytorch"] = run_nanogpt(text, args.nanogpt_threads)
+        result["nanogpt_pytorch"] = run_nanogpt(text or SHAKESPEARE, args.nanogpt_threads)
     print(json.dumps(result, indent=2))
     sys.exit(0 if result["passes"] else 1)
 

@@ -15,7 +15,7 @@ Written from nanoGPT's documented behaviour (README "I only have a macbook" sett
 - evaluation: every 250 iterations (and at 0 and 2000), mean loss of 20 random batches of each
   split, as nanoGPT's ``estimate_loss``.
 
-    python benchmarks/nanogpt_shakespeare_char.py ../shared/data/tinyshakespeare.txt [--json]
+    python benchmarks/nanogpt_shakespeare_char.py [TEXT] [--json]   (default: gpt3_jax's embedded copy)
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("text", type=Path)
+    default = Path(__file__).resolve().parents[1] / "gpt3_jax" / "data" / "corpora" / "tinyshakespeare.txt"
+    parser.add_argument("text", type=Path, nargs="?", default=default, help="default: tiny Shakespeare")
     parser.add_argument("--json", action="store_true", help="print one JSON line at the end")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args()

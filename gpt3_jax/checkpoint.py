@@ -14,8 +14,8 @@ Parameters (and the optimizer's moments) are stored in the stacked layout — ea
 per-layer model is converted at save and restore (``gpt3_jax.model.stack_layers``).
 
 Any command that takes ``--checkpoint DIR`` accepts a run's workdir (``DIR/checkpoints``), a
-manager root, or one step folder. A tokenizer beside the items (``tokenizer.model`` in the
-manager root) travels with the checkpoint.
+manager root, or one step folder. A tokenizer beside the items (``tokenizer.model`` or
+``tokenizer.json`` in the manager root, see ``gpt3_jax.data.tokenizer``) travels with the checkpoint.
 
 ``restore`` is the one way back: it restores the items asked for into the shardings of the mesh
 given (any mesh: a run saved on one continues on another) and lays the parameters out as the
@@ -25,9 +25,8 @@ config wants. ``sharding.attach`` is where shardings meet abstract arrays.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -38,9 +37,11 @@ from gpt3_jax import sharding
 from gpt3_jax.config import Config, config_from_dict
 from gpt3_jax.errors import UserError
 
+if TYPE_CHECKING:
+    from gpt3_jax.data.tokenizer import Tokenizer
+
 PARAMS_ONLY = ("params", "config")
 TRAINING_ITEMS = ("params", "config", "opt_state", "meta", "data")
-TOKENIZER_FILE = "tokenizer.model"
 
 
 def manager(
@@ -72,12 +73,11 @@ def resolve(path: str | Path) -> tuple[Path, int]:
 
 
 def tokenizer_path(path: str | Path) -> Path | None:
-    """The SentencePiece model stored with a checkpoint, if any."""
+    """The tokenizer file stored with a checkpoint (in its root, or its run's workdir), if any."""
+    from gpt3_jax.data.tokenizer import find_tokenizer
+
     root, _ = resolve(path)
-    for candidate in (root / TOKENIZER_FILE, root.parent / TOKENIZER_FILE):
-        if candidate.is_file():
-            return candidate
-    return None
+    return find_tokenizer(root) or find_tokenizer(root.parent)
 
 
 def load_config(path: str | Path) -> Config:
@@ -144,9 +144,11 @@ def save_params(
     params: nnx.State | dict[str, Any],
     *,
     step: int = 0,
-    tokenizer: str | Path | None = None,
+    tokenizer: Tokenizer | str | Path | None = None,
 ) -> Path:
-    """Write a params-only checkpoint (what ``convert from-hf`` produces) and return its root."""
+    """Write a params-only checkpoint (what ``convert from-hf`` produces) and return its root.
+
+    ``tokenizer`` (a ``Tokenizer``, or a path ``load_tokenizer`` takes) is stored beside the steps."""
     root = Path(directory).absolute()
     stored = _relayout(_pure(params), cfg, to_stored=True)
     mgr = manager(root, item_names=PARAMS_ONLY)
@@ -160,7 +162,9 @@ def save_params(
     mgr.wait_until_finished()
     mgr.close()
     if tokenizer is not None:
-        shutil.copyfile(tokenizer, root / TOKENIZER_FILE)
+        from gpt3_jax.data.tokenizer import Tokenizer, load_tokenizer
+
+        (tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)).save(root)
     return root
 
 
@@ -324,14 +328,9 @@ class Checkpointer:
         meta = r["meta"]
         return TrainState(r["params"], r["opt_state"], meta["step"], meta["tokens"], meta["rng"]), r["data"]
 
-    def save_tokenizer(self, model_bytes: bytes) -> None:
-        """Write the run's tokenizer beside the steps, where ``sample`` looks for it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        dest = self.root / TOKENIZER_FILE
-        if not dest.exists() or dest.read_bytes() != model_bytes:
-            tmp = dest.with_suffix(".partial")
-            tmp.write_bytes(model_bytes)
-            tmp.replace(dest)  # a reader sees the old model or the new one, never half of one
+    def save_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Write the run's tokenizer beside the steps, where ``sample`` looks for it (atomically)."""
+        tokenizer.save(self.root)
 
     def wait(self) -> None:
         self.mgr.wait_until_finished()

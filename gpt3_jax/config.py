@@ -103,9 +103,9 @@ class ModelConfig:
 class DataConfig:
     """Where training text comes from and how it becomes token windows."""
 
-    corpus: str = "stdlib"  # embedded default corpus, used when `input` is empty
+    corpus: str = "stdlib"  # embedded corpus used when `input` is empty: stdlib | shakespeare
     input: tuple[str, ...] = ()  # text files, folders, JSONL(.gz); overrides `corpus`
-    tokenizer: str = ""  # a SentencePiece .model; empty = train one on the data (cached)
+    tokenizer: str = ""  # SentencePiece .model, HF tokenizer.json or a folder; empty = train one (cached)
     tokenizer_type: str = "bpe"  # bpe | unigram | char, when a tokenizer is trained
     vocab_size: int = 0  # tokenizer size to train; 0 = model.vocab_size
     val_fraction: float = 0.01  # tail of the token stream held out for eval

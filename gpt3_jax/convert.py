@@ -3,8 +3,11 @@
 ``from_hf`` reads a ``transformers`` GPT2LMHeadModel directory (``config.json`` and
 ``model.safetensors``, a sharded ``model.safetensors.index.json``, or ``pytorch_model.bin`` when
 torch is installed) and returns our config and a ready ``GPT`` with attention pattern
-``["dense"]``. ``to_hf`` writes a checkpoint back as ``config.json`` + ``model.safetensors`` that
-``GPT2LMHeadModel.from_pretrained`` loads. Neither direction needs torch for safetensors.
+``["dense"]``; ``hf_tokenizer`` reads the directory's tokenizer (``tokenizer.json``, or
+``vocab.json`` + ``merges.txt``), which the checkpoint then carries. ``to_hf`` writes a checkpoint
+back as ``config.json`` + ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads,
+plus, for a Hugging Face tokenizer, the files ``AutoTokenizer.from_pretrained`` loads. Neither
+direction needs torch for safetensors.
 
 The weights are a rename table plus reshapes. GPT-2 stores its linear layers as ``Conv1D`` with
 weight [in, out], so no transposes are needed, only splits of fused axes:
@@ -26,12 +29,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gpt3_jax.config import Config, ModelConfig
 from gpt3_jax.errors import UserError
+
+if TYPE_CHECKING:
+    from gpt3_jax.data.tokenizer import Tokenizer
 
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
@@ -171,9 +177,21 @@ def hf_to_params(cfg: ModelConfig, hf: dict[str, np.ndarray]) -> dict[str, Any]:
     return params
 
 
-def has_tokenizer(path: str | Path) -> bool:
-    """Whether a Hugging Face directory carries a (BPE) tokenizer, which we do not convert."""
-    return any((Path(path) / f).is_file() for f in ("tokenizer.json", "vocab.json", "merges.txt"))
+def hf_tokenizer(path: str | Path, cfg: ModelConfig | None = None) -> Tokenizer | None:
+    """The tokenizer of a Hugging Face directory (``tokenizer.json``, or ``vocab.json`` +
+    ``merges.txt``), or None when it has none. One larger than ``cfg.vocab_size`` is a UserError."""
+    from gpt3_jax.data.tokenizer import HF_VOCAB_FILES, load_tokenizer
+
+    found = [Path(path) / f for f in ("tokenizer.json", *HF_VOCAB_FILES) if (Path(path) / f).is_file()]
+    if not found:
+        return None
+    tok = load_tokenizer(found[0])  # tokenizer.json, else vocab.json + merges.txt (both needed)
+    if cfg is not None and tok.vocab_size > cfg.vocab_size:
+        raise UserError(
+            f"{tok.path}: the tokenizer has {tok.vocab_size} tokens but config.json's vocab_size is "
+            f"{cfg.vocab_size}; the tokenizer does not belong to this model"
+        )
+    return tok
 
 
 def from_hf(path: str | Path) -> tuple[Config, Any]:
@@ -243,8 +261,9 @@ def params_to_hf(cfg: ModelConfig, params: dict[str, Any]) -> dict[str, np.ndarr
     return {f"transformer.{k}": np.ascontiguousarray(a) for k, a in out.items()}
 
 
-def hf_config(cfg: ModelConfig) -> dict[str, Any]:
-    """The ``config.json`` of a GPT2LMHeadModel with ``cfg``'s shape."""
+def hf_config(cfg: ModelConfig, eot_id: int | None = None) -> dict[str, Any]:
+    """The ``config.json`` of a GPT2LMHeadModel with ``cfg``'s shape; ``eot_id`` is the tokenizer's
+    end of text (GPT-2 uses it as BOS and EOS), None when no Hugging Face tokenizer goes with it."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -263,41 +282,57 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
         "scale_attn_weights": True,
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
-        # Our tokenizer is SentencePiece with its own ids; GPT-2's 50256 defaults would be wrong.
-        "bos_token_id": None,
-        "eos_token_id": None,
+        # Without a Hugging Face tokenizer the ids are SentencePiece's: GPT-2's 50256 would be wrong.
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
     }
 
 
-def to_hf(cfg: Config, params: Any, out_dir: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` for ``GPT2LMHeadModel.from_pretrained``.
+def to_hf(cfg: Config, params: Any, out_dir: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` for ``GPT2LMHeadModel.from_pretrained``, and
+    a Hugging Face ``tokenizer`` as the files ``AutoTokenizer.from_pretrained`` loads (a
+    SentencePiece one is not converted).
 
     ``params`` is a model's ``nnx.State`` or its pure dict (as ``GPT`` or a checkpoint holds it).
     """
     from safetensors.numpy import save_file
 
+    from gpt3_jax.data.tokenizer_hf import HFTokenizer
     from gpt3_jax.model import stack_layers
 
     pure = params.to_pure_dict() if hasattr(params, "to_pure_dict") else params
     if not cfg.model.scan_layers:
         pure = stack_layers(pure, cfg.model)
     tensors = params_to_hf(cfg.model, pure)
+    hf_tok = tokenizer if isinstance(tokenizer, HFTokenizer) else None
+    if hf_tok is not None and hf_tok.vocab_size > cfg.model.vocab_size:
+        raise UserError(
+            f"{hf_tok.path}: the tokenizer has {hf_tok.vocab_size} tokens but model.vocab_size is "
+            f"{cfg.model.vocab_size}; it is not this model's tokenizer"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(hf_config(cfg.model), indent=2) + "\n")
+    eot_id = None if hf_tok is None else hf_tok.eot_id
+    (out / "config.json").write_text(json.dumps(hf_config(cfg.model, eot_id), indent=2) + "\n")
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    if hf_tok is not None:
+        hf_tok.save_pretrained_files(out, model_max_length=cfg.model.n_ctx)
     return out
 
 
 def checkpoint_to_hf(ckpt: str | Path, out_dir: str | Path) -> tuple[Config, Path]:
-    """A checkpoint (workdir, manager root or step folder) → a Hugging Face GPT-2 directory."""
+    """A checkpoint (workdir, manager root or step folder) → a Hugging Face GPT-2 directory, with
+    the checkpoint's tokenizer when it is a Hugging Face one."""
     from flax import nnx
 
     from gpt3_jax import checkpoint
+    from gpt3_jax.data.tokenizer import load_tokenizer
 
     require_dense(checkpoint.load_config(ckpt).model)  # before loading weights
+    tok_path = checkpoint.tokenizer_path(ckpt)
+    tokenizer = None if tok_path is None else load_tokenizer(tok_path)
     cfg, model = checkpoint.load_model(ckpt)
-    return cfg, to_hf(cfg, nnx.state(model, nnx.Param), out_dir)
+    return cfg, to_hf(cfg, nnx.state(model, nnx.Param), out_dir, tokenizer)
 
 
 def _map(fn: Any, tree: Any) -> Any:

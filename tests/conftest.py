@@ -9,14 +9,12 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-
 
 @pytest.fixture
 def shakespeare() -> Path:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} not present")
+    """tiny Shakespeare, as the package ships it (the embedded ``shakespeare`` corpus)."""
+    from gpt3_jax.data.corpus import SHAKESPEARE
+
     return SHAKESPEARE
 
 
@@ -27,3 +25,32 @@ def tiny_model_config():
     return ModelConfig(
         n_layer=4, d_model=64, n_head=4, n_ctx=64, vocab_size=300, local_window=8, dtype="float32"
     )
+
+
+@pytest.fixture(scope="session")
+def gpt2_style_tokenizer(tmp_path_factory) -> Path:
+    """A folder holding a GPT-2 style ``tokenizer.json``: byte-level BPE, 512 ids, ``<|endoftext|>``
+    as id 0, trained offline with the ``tokenizers`` library on tiny Shakespeare and some Python
+    source (so it has merges of whitespace with line breaks, as GPT-2's has)."""
+    import argparse
+    import inspect
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from gpt3_jax.data.corpus import SHAKESPEARE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    texts = [SHAKESPEARE.read_text(encoding="utf-8")[:300_000], inspect.getsource(argparse)]
+    tok.train_from_iterator(texts, trainer)
+    out = tmp_path_factory.mktemp("gpt2_tok")
+    tok.save(str(out / "tokenizer.json"))
+    return out

@@ -7,8 +7,8 @@ from gpt3_jax.errors import UserError
 
 
 def test_single_value_for_a_list_key_is_a_one_item_list():
-    cfg = load_config("configs/shakespeare-char.yaml", ["data.input=../shared/data/tinyshakespeare.txt"])
-    assert cfg.data.input == ("../shared/data/tinyshakespeare.txt",)
+    cfg = load_config("configs/shakespeare-char.yaml", ["data.input=plays/hamlet.txt"])
+    assert cfg.data.input == ("plays/hamlet.txt",)
     cfg = load_config(None, ["data.input=[a.txt, b.txt]", "model.attention_pattern=dense"])
     assert cfg.data.input == ("a.txt", "b.txt")
     assert cfg.model.attention_pattern == ("dense",)

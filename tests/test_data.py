@@ -1,6 +1,7 @@
 """Data preparation and the grain pipeline: formats, errors, determinism, resume, process sharding."""
 
 import gzip
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -22,16 +23,13 @@ from gpt3_jax.data import (
     train_iterator,
     train_tokenizer,
 )
+from gpt3_jax.data.corpus import SHAKESPEARE
 from gpt3_jax.data.prepared import FORMAT
 from gpt3_jax.errors import UserError
-
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory) -> Tokenizer:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} not present")
     return train_tokenizer([SHAKESPEARE], 512, tmp_path_factory.mktemp("tok"), progress=False)
 
 
@@ -319,6 +317,19 @@ def test_stdlib_corpus_is_sorted_and_capped():
     assert not any("site-packages" in r or "/test/" in r for r in rel)
     with pytest.raises(UserError, match="data.corpus"):
         corpus_files("nope")
+
+
+def test_shakespeare_corpus_ships_with_the_package():
+    from gpt3_jax.config import load_config
+    from gpt3_jax.data.corpus import corpus_fingerprint
+
+    (f,) = corpus_files("shakespeare")
+    assert f.path == SHAKESPEARE and len(f.path.read_text(encoding="utf-8")) == 1_115_394
+    digest = hashlib.sha256(f.path.read_bytes()).hexdigest()  # the cache key: the same on every machine
+    listing = [["tinyshakespeare.txt", f.size, digest]]
+    assert corpus_fingerprint("shakespeare", 0, [f]) == ["shakespeare", 0, listing]
+    preset = load_config(Path(__file__).resolve().parents[1] / "configs" / "shakespeare-char.yaml")
+    assert preset.data.corpus == "shakespeare" and not preset.data.input
 
 
 def test_prepare_training_data_caches_and_waits(tmp_path):

@@ -21,7 +21,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from gpt3_jax.checkpoint import save_params
     from gpt3_jax.config import Config, ModelConfig
-    from gpt3_jax.data.tokenizer import train_tokenizer
+    from gpt3_jax.data import train_tokenizer
     from gpt3_jax.model import GPT
 
     root = tmp_path_factory.mktemp("sample")

@@ -15,7 +15,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "memory-mappable token shards plus metadata.json to OUT.",
     )
     prep.add_argument("--input", nargs="+", required=True, metavar="PATH", help="text files, folders, JSONL")
-    prep.add_argument("--tokenizer", required=True, metavar="MODEL", help="a SentencePiece .model file")
+    prep.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="TOK",
+        help="a SentencePiece .model, a Hugging Face tokenizer.json, or a folder holding one",
+    )
     prep.add_argument("--out", required=True, metavar="DIR", help="folder for the prepared data")
     prep.add_argument(
         "--val-fraction", type=float, default=0.01, metavar="F", help="tail held out for eval (0.01)"
@@ -24,15 +29,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prep.set_defaults(run=run)
     info = sub.add_parser("info", help="summarise prepared data and check it against a tokenizer")
     info.add_argument("dir", metavar="DIR", help="a folder written by `data prepare`")
-    info.add_argument("--tokenizer", metavar="MODEL", help="check that the data was made with this model")
+    info.add_argument("--tokenizer", metavar="TOK", help="check that the data was made with this tokenizer")
     info.set_defaults(run=run_info)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt3_jax.data import Tokenizer, list_inputs, prepare_data
+    from gpt3_jax.data import list_inputs, load_tokenizer, prepare_data
     from gpt3_jax.data.prepare import summary
 
-    tokenizer = Tokenizer.load(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     files = list_inputs(args.input)
     print(
         summary(

@@ -19,7 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="run workdir or checkpoint dir")
     parser.add_argument("--input", nargs="+", metavar="PATH", help="text files, folders or JSONL(.gz)")
     parser.add_argument(
-        "--tokenizer", metavar="MODEL", help="SentencePiece .model (default: the checkpoint's)"
+        "--tokenizer",
+        metavar="TOK",
+        help="a SentencePiece .model, a Hugging Face tokenizer.json, or a folder holding one "
+        "(default: the checkpoint's)",
     )
     parser.add_argument("--seq-len", type=int, default=0, metavar="T", help="window length; 0 = n_ctx")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B")
@@ -29,13 +32,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _input_ids(lm, paths: list[str]):
+    """End of text, then each document's ids (a big document arrives in pieces), as in training."""
     import numpy as np
+    from tqdm import tqdm
 
-    from gpt3_jax.data.sources import list_inputs, read_texts
+    from gpt3_jax.data.sources import iter_pieces, list_inputs
 
+    files = list_inputs(paths)
     ids: list[int] = []
-    for text in read_texts(list_inputs(paths), desc="tokenizing", file=sys.stderr):
-        ids += [lm.eot_id, *lm.encode(text)]
+    starts = True
+    with tqdm(
+        total=sum(f.size for f in files), desc="tokenizing", unit="B", unit_scale=True, file=sys.stderr
+    ) as bar:
+        for piece in iter_pieces(files):
+            ids += [lm.eot_id, *lm.encode(piece.text)] if starts else lm.encode(piece.text)
+            starts = piece.end
+            bar.update(min(piece.n_bytes, bar.total - bar.n))
     return np.asarray(ids, np.int64)
 
 
@@ -62,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--batch-size must be >= 1, --max-batches and --seq-len >= 0")
     lm = load(args.checkpoint, tokenizer=args.tokenizer)
     if lm.tokenizer is None:
-        raise UserError("the checkpoint has no tokenizer.model; pass --tokenizer MODEL")
+        raise UserError("the checkpoint has no tokenizer; pass --tokenizer TOK")
     seq_len = args.seq_len or lm.cfg.model.n_ctx
     if seq_len > lm.cfg.model.n_ctx:
         raise UserError(f"--seq-len {seq_len} exceeds the model's context {lm.cfg.model.n_ctx}")

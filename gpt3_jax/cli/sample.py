@@ -28,7 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-samples", type=int, default=1, metavar="B", help="samples in one batch")
     parser.add_argument("--stop", nargs="+", default=[], metavar="STR", help="stop at any of these strings")
     parser.add_argument(
-        "--tokenizer", metavar="MODEL", help="SentencePiece .model (default: the checkpoint's)"
+        "--tokenizer",
+        metavar="TOK",
+        help="a SentencePiece .model, a Hugging Face tokenizer.json, or a folder holding one "
+        "(default: the checkpoint's)",
     )
     parser.add_argument("--logprobs", action="store_true", help="with --json: log-probability of each id")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")

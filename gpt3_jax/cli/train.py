@@ -15,7 +15,8 @@ this run has.
 
 Writes: WORKDIR/metrics.jsonl (one JSON line per train.log_every steps and per eval),
 TensorBoard events beside it, WORKDIR/checkpoints/<step>/ (every checkpoint.every steps and at
-the end), WORKDIR/checkpoints/tokenizer.model and WORKDIR/config.yaml.
+the end), the tokenizer beside them (WORKDIR/checkpoints/tokenizer.model, or tokenizer.json for a
+Hugging Face one) and WORKDIR/config.yaml.
 
 Exit codes: 0 done, or stopped by SIGTERM (a preemption: the step finished, a checkpoint was
 saved; run the same command again to continue); 130 stopped by SIGINT (Ctrl-C; saved likewise;
@@ -24,8 +25,13 @@ last checkpoint on disk is from before it).
 
 Examples:
   gpt3-jax train configs/tiny.yaml run.workdir=/tmp/tiny
-  gpt3-jax train configs/shakespeare-char.yaml data.input=../shared/data/tinyshakespeare.txt
-  gpt3-jax train configs/tiny.yaml train.init_from=runs/gpt2 run.workdir=runs/finetune
+  gpt3-jax train configs/shakespeare-char.yaml
+  gpt3-jax convert from-hf path/to/gpt2 runs/gpt2      # transformers' GPT-2 small, with its tokenizer
+  gpt3-jax train configs/gpt3-small.yaml train.init_from=runs/gpt2 model.n_ctx=1024 \\
+    model.attention_pattern=[dense] data.input=[my_text.txt] optim.lr=6e-5 optim.warmup_tokens=0 \\
+    optim.ramp_tokens=0 train.steps=1000 train.batch_size=8 train.micro_batches=1 run.workdir=runs/ft
+  (fine-tuning GPT-2 small: GPT-3 Small's shape with GPT-2's 1024-token context and dense attention;
+  the data is tokenized with GPT-2's tokenizer, which the converted checkpoint carries)
 """
 
 

@@ -20,7 +20,8 @@ from gpt3_jax.data.corpus import corpus_files, corpus_fingerprint
 from gpt3_jax.data.prepare import prepare_data, summary
 from gpt3_jax.data.prepared import METADATA, PreparedData, is_prepared
 from gpt3_jax.data.sources import fingerprint, list_inputs
-from gpt3_jax.data.tokenizer import TOKENIZER_FILE, Tokenizer, train_tokenizer
+from gpt3_jax.data.tokenizer import Tokenizer, load_tokenizer
+from gpt3_jax.data.tokenizer_spm import SPM_FILE, train_tokenizer
 from gpt3_jax.errors import UserError
 
 _POLL_S = 1.0
@@ -79,11 +80,11 @@ def prepare_training_data(
     builder = process_index == 0
 
     if d.tokenizer:
-        tokenizer = Tokenizer.load(d.tokenizer)
+        tokenizer = load_tokenizer(d.tokenizer)
     else:
         vocab = d.vocab_size or cfg.model.vocab_size
         tok_dir = cache / f"tokenizer-{d.tokenizer_type}-{vocab}-{_key(source_key, d.tokenizer_type, vocab)}"
-        tok_file = tok_dir / TOKENIZER_FILE
+        tok_file = tok_dir / SPM_FILE
         if not tok_file.is_file():
             if builder:
                 tmp = cache / f".{tok_dir.name}.partial"
@@ -92,7 +93,7 @@ def prepare_training_data(
                 tmp.replace(tok_dir)  # whole folder at once: the others see the model or nothing
             else:
                 _wait_for(tok_file, "the tokenizer", timeout_s)
-        tokenizer = Tokenizer.load(tok_file)
+        tokenizer = load_tokenizer(tok_file)
     _check_vocab(tokenizer, cfg)
 
     data_dir = cache / f"tokens-{_key(source_key, tokenizer.checksum, d.val_fraction)}"

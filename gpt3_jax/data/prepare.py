@@ -22,7 +22,7 @@ import numpy as np
 
 from gpt3_jax.data.prepared import FORMAT, METADATA, PreparedData
 from gpt3_jax.data.sources import InputFile, Piece, batched, iter_pieces
-from gpt3_jax.data.tokenizer import TOKENIZER_FILE, Tokenizer, token_dtype
+from gpt3_jax.data.tokenizer import Tokenizer, token_dtype
 from gpt3_jax.errors import UserError
 
 SHARD_TOKENS = 1 << 28  # 256 Mi tokens: 512 MiB of uint16 per shard
@@ -31,9 +31,9 @@ _CHUNK_BYTES = 1 << 20  # text per unit of parallel work
 _worker_tokenizer: Tokenizer | None = None
 
 
-def _init_worker(model_bytes: bytes) -> None:
-    global _worker_tokenizer  # one tokenizer per worker process, built once
-    _worker_tokenizer = Tokenizer(model_bytes)
+def _init_worker(tokenizer: Tokenizer) -> None:
+    global _worker_tokenizer  # one tokenizer per worker process, built once (it pickles as its file)
+    _worker_tokenizer = tokenizer
 
 
 def _tokenize(pieces: list[Piece]) -> tuple[np.ndarray, int, int, int]:
@@ -56,12 +56,12 @@ def _tokenized(
     groups: Iterator[list[Piece]], tokenizer: Tokenizer, workers: int
 ) -> Iterator[tuple[np.ndarray, int, int, int]]:
     if workers <= 1:
-        _init_worker(tokenizer.model_bytes())
+        _init_worker(tokenizer)
         yield from map(_tokenize, groups)
         return
     # spawn, not fork: the caller may be a JAX process with threads running, which fork would copy
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer.model_bytes(),)) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
         yield from pool.imap(_tokenize, groups, chunksize=1)
 
 
@@ -141,7 +141,7 @@ def prepare_data(
         if n_tokens == n_docs:  # nothing but end-of-text ids
             raise UserError("the input holds no text (empty files only); pass non-empty text or JSONL files")
         n_val = int(round(n_tokens * val_fraction))
-        (tmp / TOKENIZER_FILE).write_bytes(tokenizer.model_bytes())
+        tokenizer.save(tmp)
         meta = {
             "format": FORMAT,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -157,7 +157,7 @@ def prepare_data(
                 "sha256": tokenizer.checksum,
                 "vocab_size": tokenizer.vocab_size,
                 "eot_id": tokenizer.eot_id,
-                "file": TOKENIZER_FILE,
+                "file": tokenizer.file_name,
             },
             "shards": writer.shards,
             "sources": sources if sources is not None else [str(f.path) for f in files],

@@ -3,7 +3,7 @@
 Layout of a prepared folder::
 
     metadata.json          format, dtype, token counts, shard list, tokenizer sha256, report
-    tokenizer.model        a copy of the tokenizer the stream was made with
+    tokenizer.model        a copy of the tokenizer the stream was made with (or tokenizer.json)
     tokens_00000.bin ...   the stream: documents joined by end-of-text, raw little-endian uint16/32
 
 The stream is one sequence split across shards; its first ``n_train_tokens`` are the training split
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gpt3_jax.data.tokenizer import TOKENIZER_FILE, Tokenizer
+from gpt3_jax.data.tokenizer import Tokenizer, load_tokenizer
 from gpt3_jax.errors import UserError
 
 FORMAT = "gpt3_jax.tokens/1"
@@ -116,9 +116,9 @@ class PreparedData:
                 f"{meta_file}: format {meta.get('format')!r} is not {FORMAT!r}; prepare the data again"
             )
         if tokenizer is None:
-            tok = Tokenizer.load(d / TOKENIZER_FILE)
+            tok = load_tokenizer(d / meta["tokenizer"].get("file", "tokenizer.model"))
         else:
-            tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
+            tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
         recorded = meta["tokenizer"]["sha256"]
         if tok.checksum != recorded:
             raise UserError(

@@ -1,8 +1,10 @@
 """Reading training text: plain files, folders of them, JSONL (``text`` field), each optionally gzipped.
 
 A document is one text file or one JSONL record. Big documents arrive in pieces that end at a line
-break (the tokenizer never merges across ``"\\n"``, so tokenizing the pieces gives the same ids as
-tokenizing the whole). Bytes that are not UTF-8 become U+FFFD, one per bad byte, and are counted.
+break between two non-space characters, where neither kind of tokenizer merges (SentencePiece never
+merges across ``"\\n"``; GPT-2's byte-level BPE joins a break only with whitespace beside it), so
+tokenizing the pieces gives the same ids as tokenizing the whole. Bytes that are not UTF-8 become
+U+FFFD, one per bad byte, and are counted.
 """
 
 from __future__ import annotations
@@ -109,16 +111,28 @@ def _text_pieces(f: InputFile, stream: BinaryIO) -> Iterator[Piece]:
     while True:
         raw = stream.read(_PIECE_BYTES)
         text, bad = decode(raw, final=not raw)
+        checked = max(len(pending) - 1, 0)  # breaks before this were no cut point last time either
         pending += text
         pending_bytes += len(raw)
         pending_bad += bad
         if not raw:
             yield Piece(pending, True, pending_bytes, pending_bad)
             return
-        cut = pending.rfind("\n") + 1  # keep a line's start and end in one piece
+        cut = _cut_point(pending, checked)
         if cut:
             yield Piece(pending[:cut], False, pending_bytes, pending_bad)
             pending, pending_bytes, pending_bad = pending[cut:], 0, 0
+
+
+def _cut_point(text: str, start: int = 0) -> int:
+    """Index just past the last ``"a\\nb"`` line break (non-space on both sides) in ``text[start:]``,
+    or 0 when there is none."""
+    end = len(text) - 1  # the character after the break must be in ``text``
+    while (i := text.rfind("\n", start, end)) > 0:
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
+        end = i
+    return 0
 
 
 def _jsonl_pieces(f: InputFile, stream: BinaryIO) -> Iterator[Piece]:

@@ -1,282 +1,138 @@
-"""SentencePiece tokenizer: train, load, encode, decode, with exact round trips.
+"""Tokenizers: one interface over SentencePiece models and Hugging Face tokenizers, and one loader.
 
-Trained models are set up so that ``decode(encode(text)) == text`` for any Unicode text:
+A tokenizer is one file, stored as it is beside checkpoints and in prepared data:
 
-- no normalisation (``identity``), no dummy prefix, whitespace runs kept: the text is not rewritten;
-- byte fallback (BPE, unigram): a character without a piece becomes its UTF-8 bytes, never ``<unk>``;
-- ``"\\n"`` is a piece of its own, because SentencePiece trains on lines and would otherwise never see
-  one (code and prose are full of them); it also means pieces never span a line break;
-- SentencePiece writes spaces as ``"▁"`` (U+2581) internally, so a literal U+2581 in the text would
-  decode as a space; :meth:`Tokenizer.encode` sends it as its three UTF-8 bytes instead.
+    tokenizer.model   a SentencePiece model (``gpt3-jax tokenizer train``)   SentencePieceTokenizer
+    tokenizer.json    a Hugging Face ``tokenizers`` file (GPT-2's BPE)       HFTokenizer
 
-Ids: 0 is ``<unk>``, 1 the end-of-text token ``<|endoftext|>`` (a control symbol: text that spells
-it out is encoded as ordinary characters, so no document can forge a document boundary).
-A ``char`` model (the nanoGPT tiny-Shakespeare setting) has no byte fallback: its vocabulary is
-exactly the input's characters plus those two ids.
+``load_tokenizer(path)`` takes either file, a folder holding one, or a Hugging Face folder with only
+GPT-2's older ``vocab.json`` + ``merges.txt``. Every tokenizer, whatever its kind, has:
+
+    encode(text) -> ids    no special ids added; text that spells out <|endoftext|> stays text
+    decode(ids) -> text    exact: decode(encode(text)) == text; the end-of-text id decodes to nothing
+    vocab_size, eot_id     every id is < vocab_size; eot_id separates documents in a token stream
+    checksum, path         sha256 of the file's bytes (prepared data records it), where it came from
+    model_bytes(), save()  the file's bytes; write them into a folder as ``file_name``
 """
 
 from __future__ import annotations
 
-import contextlib
+import abc
 import hashlib
-import os
-import random
-import re
-import sys
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import ClassVar
 
 import numpy as np
 
 from gpt3_jax.errors import UserError
 
-MODEL_TYPES = ("bpe", "unigram", "char")
-UNK_ID = 0
-EOT_ID = 1
-EOT_PIECE = "<|endoftext|>"
-TOKENIZER_FILE = "tokenizer.model"
-_SPACE_MARK = "\u2581"  # SentencePiece's visible space
-_MAX_SENTENCES = 2_000_000  # cap on the sentences SentencePiece keeps in memory
-_SAMPLE_BYTES = 50_000_000  # text sampled for training: bounds its time and memory on big inputs
+EOT_PIECE = "<|endoftext|>"  # the end-of-text token of every kind (GPT-2's spelling)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # what a folder may hold, in that preference
+HF_VOCAB_FILES = ("vocab.json", "merges.txt")  # GPT-2's byte-level BPE before tokenizer.json existed
 
 
-class Tokenizer:
-    """A loaded SentencePiece model.
+class Tokenizer(abc.ABC):
+    """Text ↔ ids, loaded from one file.
 
     Attributes:
-        path: the ``.model`` file it was loaded from.
-        checksum: sha256 of that file's bytes; prepared data records it to catch mix-ups.
+        path: the file (or Hugging Face folder) it was loaded from.
+        checksum: sha256 of ``model_bytes()``; prepared data records it to catch mix-ups.
         vocab_size: number of ids, special ones included.
         eot_id: the end-of-text id that separates documents in a token stream.
     """
 
-    def __init__(self, model_bytes: bytes, path: str | Path = "<memory>"):
-        import sentencepiece as spm
+    file_name: ClassVar[str]  # the name it is saved under
+    vocab_size: int
+    eot_id: int
 
+    def __init__(self, model_bytes: bytes, path: str | Path = "<memory>"):
         self.path = Path(path)
         self.checksum = hashlib.sha256(model_bytes).hexdigest()
         self._model_bytes = model_bytes
-        self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
-        self.vocab_size: int = self._sp.vocab_size()
-        eos = self._sp.eos_id()
-        self.eot_id: int = eos if eos >= 0 else self._sp.piece_to_id(EOT_PIECE)
-        if self.eot_id == self._sp.unk_id():
-            raise UserError(f"{self.path}: the tokenizer has no {EOT_PIECE} token; train one with gpt3-jax")
-        # byte-fallback ids of U+2581 (empty when the model has no byte pieces, e.g. char models)
-        pieces = [f"<0x{b:02X}>" for b in _SPACE_MARK.encode()]
-        ids = [self._sp.piece_to_id(p) for p in pieces]
-        has_bytes = all(self._sp.id_to_piece(i) == p for i, p in zip(ids, pieces, strict=True))
-        self._space_mark_ids = ids if has_bytes else []
 
-    @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
-        """Load ``path``: a ``.model`` file, or a folder holding ``tokenizer.model``."""
-        p = Path(path)
-        if p.is_dir():
-            p = p / TOKENIZER_FILE
-        if not p.is_file():
-            raise UserError(
-                f"tokenizer {str(p)!r} not found; pass a .model file from `gpt3-jax tokenizer train`"
-            )
-        try:
-            return cls(p.read_bytes(), p)
-        except RuntimeError:
-            raise UserError(f"{p}: not a SentencePiece model; pass a .model file") from None
-
+    @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
-        """Text → ids (no end-of-text is added)."""
-        if _SPACE_MARK not in text or not self._space_mark_ids:
-            return self._sp.encode(text)
-        ids: list[int] = []
-        for i, part in enumerate(text.split(_SPACE_MARK)):
-            if i:
-                ids.extend(self._space_mark_ids)
-            ids.extend(self._sp.encode(part))
-        return ids
+        """Text → ids (no end-of-text or other special id is added)."""
 
+    @abc.abstractmethod
     def decode(self, ids: Iterable[int]) -> str:
         """Ids → text. The end-of-text id decodes to nothing."""
-        return self._sp.decode([int(i) for i in ids])
-
-    def id_to_piece(self, i: int) -> str:
-        return self._sp.id_to_piece(int(i))
 
     def model_bytes(self) -> bytes:
         return self._model_bytes
 
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/file_name`` (atomically; left alone when it already holds these bytes) and
+        remove a tokenizer of the other kind there, so the folder holds this one. Returns the file."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / self.file_name
+        if not dest.is_file() or dest.read_bytes() != self._model_bytes:
+            tmp = dest.with_name(dest.name + ".partial")
+            tmp.write_bytes(self._model_bytes)
+            tmp.replace(dest)  # a reader sees the old file or the new one, never half of one
+        for other in TOKENIZER_FILES:
+            if other != self.file_name:
+                (folder / other).unlink(missing_ok=True)
+        return dest
+
+    def __reduce__(self) -> tuple:
+        # pickled as its file's bytes: worker processes rebuild it (a native tokenizer may not pickle)
+        return type(self), (self._model_bytes, str(self.path))
+
     def __repr__(self) -> str:
-        return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
+        kind = type(self).__name__
+        return f"{kind}({str(self.path)!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
 
 
-def sample_lines(texts: Iterable[str], total_bytes: int, budget: int = _SAMPLE_BYTES) -> Iterator[str]:
-    """The non-empty lines of ``texts``, each kept with probability ``budget / total_bytes``.
+def find_tokenizer(folder: str | Path) -> Path | None:
+    """The tokenizer file a folder holds (``tokenizer.json`` or ``tokenizer.model``), or None."""
+    for name in TOKENIZER_FILES:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
 
-    A fixed-seed Bernoulli sample: the same inputs give the same sample on every machine, and the
-    text SentencePiece holds stays near ``budget`` bytes however large the corpus.
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer of either kind: a SentencePiece ``.model`` file, a Hugging Face
+    ``tokenizer.json``, a folder holding one of them, or a folder with ``vocab.json`` + ``merges.txt``.
+
+    Anything else is a ``UserError``: a missing path, a file of neither format, a broken
+    tokenizer.json, a tokenizer without ``<|endoftext|>``.
     """
-    keep = min(1.0, budget / max(total_bytes, 1))
-    rng = random.Random(0)
-    for text in texts:
-        for line in text.split("\n"):
-            if line and (keep >= 1.0 or rng.random() < keep):
-                yield line
+    from gpt3_jax.data.tokenizer_hf import HFTokenizer
+    from gpt3_jax.data.tokenizer_spm import SentencePieceTokenizer
+
+    p = Path(path)
+    if p.is_dir():
+        found = find_tokenizer(p)
+        if found is None:
+            return _from_vocab_merges(p)
+        p = found
+    elif p.name in HF_VOCAB_FILES and p.is_file():
+        return _from_vocab_merges(p.parent)
+    if not p.is_file():
+        raise UserError(
+            f"tokenizer {str(p)!r} not found; pass a SentencePiece .model (`gpt3-jax tokenizer train`), "
+            "a Hugging Face tokenizer.json, or a folder holding one"
+        )
+    data = p.read_bytes()
+    json = p.suffix == ".json" or data[:1] == b"{"  # a SentencePiece protobuf starts with 0x0A
+    kind = HFTokenizer if json else SentencePieceTokenizer
+    return kind(data, p)
 
 
-def train_tokenizer(
-    inputs: Sequence[str | Path] | None,
-    vocab_size: int,
-    out_dir: str | Path,
-    model_type: str = "bpe",
-    *,
-    lines: Iterable[str] | None = None,
-    progress: bool = True,
-) -> Tokenizer:
-    """Train a SentencePiece model and write ``out_dir/tokenizer.model``.
+def _from_vocab_merges(folder: Path) -> Tokenizer:
+    from gpt3_jax.data.tokenizer_hf import HFTokenizer
 
-    Args:
-        inputs: text files, folders, JSONL(.gz) — read as ``gpt3-jax data prepare`` reads them.
-        vocab_size: ids in the model, the two special ones included (for ``char``: an upper bound).
-        model_type: ``bpe`` (default), ``unigram`` or ``char``.
-        lines: sentences to train on instead of ``inputs`` (already sampled).
-    """
-    import sentencepiece as spm
-
-    if model_type not in MODEL_TYPES:
-        raise UserError(f"unknown tokenizer type {model_type!r}; use one of {list(MODEL_TYPES)}")
-    files = None
-    if lines is None:
-        from gpt3_jax.data.sources import list_inputs
-
-        files = list_inputs(inputs or ())
-    char = model_type == "char"
-    minimum = 2 + (0 if char else 256 + 1)
-    if vocab_size < minimum:
-        need = "the 2 special ids" if char else "256 byte pieces, 2 special ids and at least one more"
-        raise UserError(f"vocab size {vocab_size} is too small: it must hold {need}; use >= {minimum}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    spm.set_random_generator_seed(0)  # reservoir sampling of sentences: same model on every machine
-    options = dict(
-        model_prefix=str(out / "tokenizer"),
-        vocab_size=vocab_size,
-        model_type=model_type,
-        byte_fallback=not char,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True,
-        split_digits=True,
-        character_coverage=1.0,
-        user_defined_symbols=["\n"],
-        unk_id=UNK_ID,
-        eos_id=EOT_ID,
-        eos_piece=EOT_PIECE,
-        bos_id=-1,
-        pad_id=-1,
-        input_sentence_size=_MAX_SENTENCES,
-        shuffle_input_sentence=True,
-        hard_vocab_limit=not char,  # char: the vocabulary is whatever characters the text has
-        num_threads=os.cpu_count() or 1,
-        minloglevel=0 if progress else 2,
-    )
-    with _progress_from_log(model_type, vocab_size, progress) as bar_file:
-        if files is not None:  # read lazily, as SentencePiece asks, with a bar on the real stderr
-            from gpt3_jax.data.sources import read_texts
-
-            texts = read_texts(files, desc="reading", progress=progress, file=bar_file)
-            lines = sample_lines(texts, sum(f.size for f in files))
-        counted = _Counted(lines)
-        try:
-            spm.SentencePieceTrainer.train(sentence_iterator=counted, **options)
-        except RuntimeError as exc:
-            if counted.n == 0:
-                raise UserError("no text to train the tokenizer on; the inputs are empty") from None
-            message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            if need := re.search(r"smaller than required_chars\. \d+ vs (\d+)", message):
-                raise UserError(
-                    f"vocab size {vocab_size} is too small for this text: its characters, the byte pieces "
-                    f"and the special ids take {need[1]}; use a vocab size >= {need[1]}"
-                ) from None
-            if limit := re.search(r"Vocabulary size too high .*<= (\d+)", message):
-                raise UserError(
-                    f"vocab size {vocab_size} is more than this text supports ({limit[1]}); "
-                    f"use a vocab size <= {limit[1]} or more text"
-                ) from None
-            raise UserError(f"SentencePiece could not train: {message}") from None
-    (out / "tokenizer.vocab").unlink(missing_ok=True)  # the .model holds everything we need
-    return Tokenizer.load(out / TOKENIZER_FILE)
-
-
-class _Counted:
-    """An iterator that counts what it yields (to tell "empty input" from other failures)."""
-
-    def __init__(self, items: Iterable[str]):
-        self._it = iter(items)
-        self.n = 0
-
-    def __iter__(self) -> _Counted:
-        return self
-
-    def __next__(self) -> str:
-        item = next(self._it)
-        self.n += 1
-        return item
-
-
-@contextlib.contextmanager
-def _progress_from_log(model_type: str, vocab_size: int, enabled: bool) -> Iterator[TextIO | None]:
-    """A tqdm bar driven by SentencePiece's C++ log, which goes straight to file descriptor 2.
-
-    While training, fd 2 is a pipe read by a thread: BPE's ``Added: ... size=N`` lines move the bar,
-    warnings and errors are kept and printed afterwards, the rest of the chatter is dropped. Yields
-    a text file on the real stderr, for other bars shown meanwhile.
-    """
-    if not enabled:
-        yield None
-        return
-    from tqdm import tqdm
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    bar_file = os.fdopen(os.dup(saved), "w")
-    bar = tqdm(
-        total=vocab_size if model_type == "bpe" else None,
-        desc=f"training {model_type} tokenizer",
-        unit=" pieces" if model_type == "bpe" else " steps",
-        file=bar_file,
-    )
-    kept: list[str] = []
-    read_fd, write_fd = os.pipe()
-
-    def pump() -> None:
-        size = re.compile(rb"\bsize=(\d+)")
-        with os.fdopen(read_fd, "rb") as log:
-            for line in log:
-                if b"LOG(WARNING)" in line or b"LOG(ERROR)" in line:
-                    kept.append(line.decode(errors="replace").rstrip())
-                elif model_type == "bpe" and b"Added:" in line and (m := size.search(line)):
-                    bar.update(min(int(m[1]), vocab_size) - bar.n)
-                elif model_type != "bpe" and (b"EM sub_iter" in line or b"Saving model" in line):
-                    bar.update(1)
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    os.dup2(write_fd, 2)
-    os.close(write_fd)
-    try:
-        yield bar_file
-    finally:
-        os.dup2(saved, 2)  # closes the pipe's last write end: the thread reads EOF and stops
-        os.close(saved)
-        thread.join(timeout=10)
-        if model_type == "bpe":
-            bar.update(bar.total - bar.n)
-        bar.close()
-        bar_file.close()
-        for line in kept[-5:]:
-            print(line, file=sys.stderr)
+    vocab, merges = (folder / name for name in HF_VOCAB_FILES)
+    if not (vocab.is_file() and merges.is_file()):
+        raise UserError(
+            f"{str(folder)!r} holds no tokenizer: no tokenizer.json or tokenizer.model, nor the pair "
+            "vocab.json + merges.txt"
+        )
+    return HFTokenizer.from_vocab_merges(vocab, merges)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

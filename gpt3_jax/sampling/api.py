@@ -268,9 +268,9 @@ def load(
     tok_path = tokenizer or checkpoint.tokenizer_path(path)
     tok = None
     if tok_path is not None:
-        from gpt3_jax.data.tokenizer import Tokenizer
+        from gpt3_jax.data.tokenizer import load_tokenizer
 
-        tok = Tokenizer.load(tok_path)
+        tok = load_tokenizer(tok_path)
     return LanguageModel(cfg, model, tok, mesh)
 
 

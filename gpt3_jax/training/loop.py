@@ -184,7 +184,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     resume = ckpt.latest_step()
     data = prepare_training_data(cfg, workdir, process_index=jax.process_index(), progress=progress and main)
     if main:
-        ckpt.save_tokenizer(data.tokenizer.model_bytes())
+        ckpt.save_tokenizer(data.tokenizer)
         (workdir / "config.yaml").write_text(dump_config(cfg))
     it = train_iterator(
         data,
