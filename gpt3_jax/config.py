@@ -18,6 +18,7 @@ from gpt3_jax.errors import UserError
 
 ATTENTION_TYPES = ("dense", "local")
 REMAT_POLICIES = ("none", "full", "save_dots")
+ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -41,6 +42,8 @@ class ModelConfig:
     dtype: str = "auto"  # compute dtype; auto = bfloat16 on accelerators, float32 on CPU
     scan_layers: bool = True
     remat: str = "none"
+    attention_impl: str = "auto"  # auto | xla | blockwise | cudnn | splash (docs/performance.md)
+    attention_block: int = 512  # query/key block of the blockwise and splash implementations
     dropout: float = 0.0
     init_std: float = 0.02
     layer_norm_eps: float = 1e-5
@@ -69,6 +72,12 @@ class ModelConfig:
         _require(self.local_window > 0, "model.local_window", "must be a positive integer")
         _require(self.dtype in DTYPES, "model.dtype", f"must be one of {list(DTYPES)}")
         _require(self.remat in REMAT_POLICIES, "model.remat", f"must be one of {list(REMAT_POLICIES)}")
+        _require(
+            self.attention_impl in ATTENTION_IMPLS,
+            "model.attention_impl",
+            f"must be one of {list(ATTENTION_IMPLS)}",
+        )
+        _require(self.attention_block > 0, "model.attention_block", "must be a positive integer")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         _require(self.init_std > 0, "model.init_std", "must be positive")
 
@@ -166,6 +175,7 @@ class TrainConfig:
     init_from: str = ""  # fine-tuning: take parameters (only) from this checkpoint
     sample_every: int = 0  # print a sample every N steps; 0 = only at the end
     sample_tokens: int = 64
+    profile_steps: tuple[int, ...] = ()  # [start, stop]: a jax.profiler trace of these steps
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "micro_batches", "log_every", "eval_batches"):
@@ -177,6 +187,12 @@ class TrainConfig:
             self.batch_size % self.micro_batches == 0,
             "train.micro_batches",
             f"{self.micro_batches} micro-batches do not divide batch_size={self.batch_size}",
+        )
+        _require(
+            not self.profile_steps
+            or (len(self.profile_steps) == 2 and 1 <= self.profile_steps[0] <= self.profile_steps[1]),
+            "train.profile_steps",
+            f"got {list(self.profile_steps)}; give [start, stop] with 1 <= start <= stop, e.g. [10, 12]",
         )
 
 

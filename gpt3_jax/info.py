@@ -11,11 +11,15 @@ Conventions:
   counted twice.
 - **Training FLOPs per token** = 6·(matmul weights in the blocks + v·d for the unembedding)
   + attention, with v the padded vocabulary (the matmul the hardware runs). Biases, LayerNorms,
-  softmax and GELU are left out (< 1%). The attention term is 12·d·k̄ per layer (forward
-  QKᵀ and AV are 2·d·k̄ each, backward twice that), k̄ being the mean number of keys a query
-  sees: T/2 for a dense causal layer (so 6·T·d, the usual causal-attention figure) and
-  w − w²/(2T) with w = min(window, T) for a locally banded one (w for most queries, fewer for the
-  first w positions); the two agree when the window covers the context.
+  softmax and GELU are left out (< 1%). The attention term is 12·d·k per layer (forward QKᵀ and
+  AV are 2·d·k each, backward twice that), k being keys per query:
+  - ``model_flops_per_token`` counts the keys a query sees, k̄: T/2 for a dense causal layer (so
+    6·T·d, the usual causal-attention figure) and w − w²/(2T) with w = min(window, T) for a
+    locally banded one. MFU is computed from this (the work the model needs).
+  - ``flops_per_token`` counts what the attention implementation computes
+    (``model.attention_impl`` as resolved on this backend): ``xla`` scores every key, k = T;
+    ``blockwise`` and ``splash`` the whole key chunks their band reaches
+    (``model.attention.blocks_computed``); ``cudnn`` is counted as the band itself.
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ class ModelInfo:
 
     params: int
     non_embedding_params: int
-    flops_per_token: float
+    flops_per_token: float  # what the attention implementation computes
     attention_flops_per_token: float
+    model_flops_per_token: float  # the keys each query sees only (MFU)
+    model_attention_flops_per_token: float
+    attention_impl: str
     breakdown: dict[str, int]
     vocab_size: int
     padded_vocab: int
@@ -83,34 +90,45 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
     return counts
 
 
-def attention_flops_per_token(cfg: ModelConfig) -> float:
-    """Training FLOPs per token of the score and value matmuls, summed over layers (see module)."""
+def attention_flops_per_token(cfg: ModelConfig, impl: str | None = None) -> float:
+    """Training FLOPs per token of the score and value matmuls, summed over layers: the keys each
+    query sees (``impl`` None) or what implementation ``impl`` computes (see the module)."""
+    from gpt3_jax.model.attention import blocks_computed
+
     t, d = cfg.n_ctx, cfg.d_model
     total = 0.0
     for kind in cfg.layer_types():
-        if kind == "dense":
-            keys = t / 2
+        window = min(cfg.local_window, t) if kind == "local" else None
+        if impl == "xla":
+            keys = t
+        elif impl in ("blockwise", "splash"):
+            keys = blocks_computed(t, window, min(cfg.attention_block, t))
         else:
-            w = min(cfg.local_window, t)
-            keys = w - w * w / (2 * t)
+            keys = t / 2 if window is None else window - window * window / (2 * t)
         total += 12 * d * keys
     return total
 
 
 def count(cfg: ModelConfig) -> ModelInfo:
     """Parameters (total, non-embedding, per kind) and training FLOPs per token of ``GPT(cfg)``."""
+    from gpt3_jax.model import check_attention
+
+    impl = check_attention(cfg)
     breakdown = param_breakdown(cfg)
     params = sum(breakdown.values())
     non_embedding = params - sum(breakdown[k] for k in EMBEDDINGS)
     unembed = breakdown["token_embedding"]  # tied: the unembedding matmul is v_padded·d
-    attention = attention_flops_per_token(cfg)
-    flops = 6 * (sum(breakdown[k] for k in BLOCK_MATMULS) + unembed) + attention
+    matmuls = 6 * (sum(breakdown[k] for k in BLOCK_MATMULS) + unembed)
+    needed, computed = attention_flops_per_token(cfg), attention_flops_per_token(cfg, impl)
     types = cfg.layer_types()
     return ModelInfo(
         params=params,
         non_embedding_params=non_embedding,
-        flops_per_token=flops,
-        attention_flops_per_token=attention,
+        flops_per_token=matmuls + computed,
+        attention_flops_per_token=computed,
+        model_flops_per_token=matmuls + needed,
+        model_attention_flops_per_token=needed,
+        attention_impl=impl,
         breakdown=breakdown,
         vocab_size=cfg.vocab_size,
         padded_vocab=cfg.padded_vocab,

@@ -52,7 +52,7 @@ class Plan:
     sequences_per_device: float  # per micro-batch: batch / micro_batches / devices
     per_device_bytes: dict[str, int]
     flops_per_step: float
-    flops_per_step_analytic: float | None
+    flops_per_step_analytic: float
     params: int
     lower_seconds: float
     compile_seconds: float
@@ -88,16 +88,12 @@ def _flops(compiled: Any) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def _analytic_flops(cfg: Config) -> tuple[int, float | None]:
-    """Parameter count and the 6N-style training FLOPs of one full step (all devices)."""
-    try:
-        from gpt3_jax.info import count
-    except ImportError:  # info.py is optional for the planner
-        return 0, None
+def _analytic_flops(cfg: Config) -> tuple[int, float]:
+    """Parameter count and the 6N-style model FLOPs of one full step (all devices)."""
+    from gpt3_jax.info import count
+
     info = count(cfg.model)
-    flops = getattr(info, "flops_per_token", None)
-    tokens = cfg.train.batch_size * cfg.model.n_ctx
-    return info.params, None if flops is None else flops * tokens
+    return info.params, info.model_flops_per_token * cfg.train.batch_size * cfg.model.n_ctx
 
 
 def compile_plan(cfg: Config, devices: Sequence[Any] | None = None, progress: bool = False) -> Plan:

@@ -100,15 +100,22 @@ def test_info_counts_follow_the_model_not_a_formula(tiny_model_config) -> None:
 def test_flops_per_token_by_hand(tiny_model_config) -> None:
     """The tiny config (4 layers [dense, local], d 64, context 64, window 8, vocab 300 → 384),
     counted by hand: per layer 12·d² = 49,152 matmul weights (qkv 3d², out d², MLP 8d²), the
-    unembedding 384·64 = 24,576; 6·(4·49,152 + 24,576) = 1,327,104. Attention 12·d·k̄ per layer:
-    dense k̄ = T/2 = 32 → 24,576; local k̄ = 8 − 64/128 = 7.5 → 5,760; two of each → 60,672."""
+    unembedding 384·64 = 24,576; 6·(4·49,152 + 24,576) = 1,327,104. Attention 12·d·k per layer.
+    Model FLOPs (the keys each query sees): dense k = T/2 = 32 → 24,576; local k = 8 − 64/128 =
+    7.5 → 5,760; two of each → 60,672. Computed by xla (every key scored, k = 64): 4·49,152 =
+    196,608. By blockwise with blocks of 16: dense reads 16·16·(1+2+3+4)/64 = 40 keys per query
+    → 30,720; local reads 16·(16 + 3·(16+7))/64 = 21.25 → 16,320; two of each → 94,080."""
     import dataclasses
 
-    info = count(tiny_model_config)
-    assert info.attention_flops_per_token == 60_672
-    assert info.flops_per_token == 1_327_104 + 60_672
+    xla = count(dataclasses.replace(tiny_model_config, attention_impl="xla"))
+    assert xla.model_attention_flops_per_token == 60_672
+    assert xla.model_flops_per_token == 1_327_104 + 60_672
+    assert xla.attention_flops_per_token == 196_608 and xla.attention_impl == "xla"
+    blocked = count(dataclasses.replace(tiny_model_config, attention_impl="blockwise", attention_block=16))
+    assert blocked.attention_flops_per_token == 94_080
+    assert blocked.flops_per_token == 1_327_104 + 94_080
     t, d, layers = tiny_model_config.n_ctx, tiny_model_config.d_model, tiny_model_config.n_layer
     dense = count(dataclasses.replace(tiny_model_config, attention_pattern=("dense",)))
-    assert dense.attention_flops_per_token == layers * 6 * t * d  # the usual 6·L·T·d
+    assert dense.model_attention_flops_per_token == layers * 6 * t * d  # the usual 6·L·T·d
     wide = count(dataclasses.replace(tiny_model_config, local_window=10 * t))
-    assert wide.attention_flops_per_token == dense.attention_flops_per_token  # window covers context
+    assert wide.model_attention_flops_per_token == dense.model_attention_flops_per_token  # window covers T

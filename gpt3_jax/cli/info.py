@@ -59,7 +59,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"  parameters            {info.params:>17,}  ({human(info.params)})")
     print(f"  non-embedding         {info.non_embedding_params:>17,}  ({human(info.non_embedding_params)})")
     print(f"  training FLOPs/token  {info.flops_per_token:>17,.0f}  ({human(info.flops_per_token)})")
-    print(f"    of which attention  {info.attention_flops_per_token:>17,.0f}")
+    print(
+        f"    of which attention  {info.attention_flops_per_token:>17,.0f}  "
+        f"(as {info.attention_impl} computes it)"
+    )
+    print(
+        f"  model FLOPs/token     {info.model_flops_per_token:>17,.0f}  "
+        f"({human(info.model_flops_per_token)}; the causal band only, what MFU counts)"
+    )
     print("  breakdown:")
     for kind, n in info.breakdown.items():
         print(f"    {LABELS[kind]:<40} {n:>16,}  {100 * n / info.params:5.1f}%")

@@ -12,7 +12,16 @@ Logical axis names on parameters: ``vocab``, ``embed``, ``mlp``, ``heads``, ``he
 
 from gpt3_jax.model.attention import attend, attention, causal_mask
 from gpt3_jax.model.cache import LayerCache
-from gpt3_jax.model.layers import MLP, Attention, Block, Embed, LayerNorm, compute_dtype, mask_vocab
+from gpt3_jax.model.layers import (
+    MLP,
+    Attention,
+    Block,
+    Embed,
+    LayerNorm,
+    check_attention,
+    compute_dtype,
+    mask_vocab,
+)
 from gpt3_jax.model.transformer import GPT, BlockGroup, abstract_gpt, init_cache, stack_layers, unstack_layers
 
 __all__ = [
@@ -28,6 +37,7 @@ __all__ = [
     "attend",
     "attention",
     "causal_mask",
+    "check_attention",
     "compute_dtype",
     "init_cache",
     "mask_vocab",

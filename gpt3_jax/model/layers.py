@@ -13,9 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gpt3_jax.config import ModelConfig
-from gpt3_jax.model.attention import attention
+from gpt3_jax.model.attention import attention, resolve_impl
 from gpt3_jax.model.cache import LayerCache
-from gpt3_jax.sharding import DEFAULT_RULES, Rules, constrain, param
+from gpt3_jax.sharding import DEFAULT_RULES, Rules, constrain, logical_to_spec, param
 
 _zeros = jax.nn.initializers.zeros
 _ones = jax.nn.initializers.ones
@@ -26,6 +26,18 @@ def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
     if cfg.dtype == "auto":
         return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     return jnp.dtype(cfg.dtype)
+
+
+def check_attention(cfg: ModelConfig) -> str:
+    """The attention implementation ``cfg`` runs on the default backend at full context; a one-line
+    ``UserError`` when it cannot run there (call before compiling)."""
+    return resolve_impl(
+        cfg.attention_impl,
+        backend=jax.default_backend(),
+        dtype=compute_dtype(cfg),
+        seq_len=cfg.n_ctx,
+        d_head=cfg.d_head,
+    )
 
 
 def mask_vocab(logits: jax.Array, size: int) -> jax.Array:
@@ -72,11 +84,14 @@ class Embed(nnx.Module):
         self.wte = param(rngs, _normal(cfg.init_std), (cfg.padded_vocab, cfg.d_model), ("vocab", "embed"))
         self.wpe = param(rngs, _normal(cfg.init_std), (cfg.n_ctx, cfg.d_model), ("position", "embed"))
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-        """tokens, positions [b, t] int → [b, t, d]. Position -1 (padding) embeds as position 0."""
-        x = jnp.take(self.wte[...], tokens, axis=0) + jnp.take(
-            self.wpe[...], jnp.maximum(positions, 0), axis=0
-        )
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """tokens, positions [b, t] int (None: 0 … t-1) → [b, t, d]. Position -1 (padding) embeds
+        as position 0."""
+        if positions is None:
+            pos = self.wpe[...][None, : tokens.shape[1]]
+        else:
+            pos = jnp.take(self.wpe[...], jnp.maximum(positions, 0), axis=0)
+        x = jnp.take(self.wte[...], tokens, axis=0) + pos
         return constrain(x.astype(self.dtype), ("act_batch", "act_len", "act_embed"), self.rules)
 
     def unembed(self, x: jax.Array) -> jax.Array:
@@ -101,6 +116,7 @@ class Attention(nnx.Module):
         d, n, h = cfg.d_model, cfg.n_head, cfg.d_head
         self.kind = kind
         self.window = cfg.local_window if kind == "local" else None
+        self.impl, self.block = cfg.attention_impl, cfg.attention_block
         self.dtype = compute_dtype(cfg)
         self.rules = rules
         resid_std = cfg.init_std / (2 * cfg.n_layer) ** 0.5
@@ -126,17 +142,39 @@ class Attention(nnx.Module):
         return jnp.einsum("btnh,nhd->btd", y, w) + self.c_proj_b[...].astype(self.dtype)
 
     def __call__(
-        self, x: jax.Array, positions: jax.Array, cache: LayerCache | None = None
+        self, x: jax.Array, positions: jax.Array | None = None, cache: LayerCache | None = None
     ) -> tuple[jax.Array, LayerCache | None]:
-        """x [b, t, d] at positions [b, t] (-1: padding) → ([b, t, d], the updated cache).
+        """x [b, t, d] at positions [b, t] (-1: padding; None: 0 … t-1 in every row) → ([b, t, d],
+        the updated cache).
 
+        Without a cache and explicit positions the attention runs in ``model.attention_impl``.
         With a cache the queries also see the keys it holds: one new token is stored first and
         attends over the cache as it lies (in rows, see ``model.attention``); several attend over
         the cache's keys and their own, then are stored.
         """
         q, k, v = self.qkv(x)  # (b, n, t, h)
+        if positions is None and cache is not None:
+            positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         if cache is None:
-            y = attention(q, k, v, positions, positions, window=self.window)
+            impl = resolve_impl(
+                self.impl,
+                backend=jax.default_backend(),
+                dtype=q.dtype,
+                seq_len=x.shape[1],
+                d_head=q.shape[-1],
+            )
+            shard = logical_to_spec(("act_batch", "act_heads", "act_len", None), self.rules)
+            y = attention(
+                q,
+                k,
+                v,
+                positions,
+                positions,
+                window=self.window,
+                impl=impl,
+                block=self.block,
+                shard=tuple(shard),
+            )
         elif x.shape[1] == 1:
             cache = cache.write(k, v, positions).constrain(self.rules)
             y = attention(q, cache.k, cache.v, positions, cache.pos, window=self.window)
@@ -189,11 +227,12 @@ class Block(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        positions: jax.Array,
+        positions: jax.Array | None = None,
         cache: LayerCache | None = None,
         dropout_key: jax.Array | None = None,
     ) -> tuple[jax.Array, LayerCache | None]:
-        """x [b, t, d], positions [b, t] → ([b, t, d], cache). ``dropout_key`` None = no dropout."""
+        """x [b, t, d], positions [b, t] (None: 0 … t-1) → ([b, t, d], cache). ``dropout_key``
+        None = no dropout."""
         k1, k2 = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
         y, cache = self.attn(self.ln_1(x), positions, cache)
         x = x + dropout(y, self.dropout, k1)

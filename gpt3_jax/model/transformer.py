@@ -47,7 +47,7 @@ class BlockGroup(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        positions: jax.Array,
+        positions: jax.Array | None,
         cache: GroupCache | None = None,
         dropout_key: jax.Array | None = None,
     ) -> tuple[jax.Array, GroupCache | None]:
@@ -106,14 +106,14 @@ class GPT(nnx.Module):
         dropout_key: jax.Array | None = None,
         last_only: bool = False,
     ) -> tuple[jax.Array, Any]:
-        """tokens [b, t] int at positions [b, t] (default 0..t-1; -1 marks padding) → float32
+        """tokens [b, t] int at positions [b, t] (None: 0..t-1 in every row; -1 marks padding) → float32
         logits [b, t, padded v] (``last_only``: [b, 1, v], the last position's), and the cache.
 
         ``cache`` (from ``init_cache``) holds the keys and values of earlier calls: the tokens
         attend to those too, and the returned cache holds theirs as well. ``dropout_key`` turns
         dropout on (training); None = deterministic.
         """
-        if positions is None:
+        if positions is None and cache is not None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         cfg = self.cfg
         keys = None
@@ -129,7 +129,7 @@ class GPT(nnx.Module):
         return self.embed.unembed(self.ln_f(x)), cache  # (b, t, v)
 
     def run_groups(
-        self, x: jax.Array, positions: jax.Array, cache: Any, keys: jax.Array | None
+        self, x: jax.Array, positions: jax.Array | None, cache: Any, keys: jax.Array | None
     ) -> tuple[jax.Array, Any]:
         """The stack of blocks, [b, t, d] → [b, t, d], scanned or per layer, with remat."""
         cfg = self.cfg

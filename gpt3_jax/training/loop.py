@@ -70,6 +70,32 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+class _Profiler:
+    """A ``jax.profiler`` trace of steps [start, stop] into ``WORKDIR/plugins/profile/`` (every
+    process traces its own host), for TensorBoard's profile plugin or Perfetto."""
+
+    def __init__(self, steps: tuple[int, ...], workdir: Path, main: bool):
+        self.start, self.stop = steps if steps else (0, -1)
+        self.workdir, self.main, self.active = workdir, main, False
+
+    def before(self, step: int) -> None:
+        if step == self.start:
+            jax.profiler.start_trace(str(self.workdir))
+            self.active = True
+
+    def after(self, step: int, metrics: Any) -> None:
+        if self.active and step == self.stop:
+            jax.block_until_ready(metrics)  # the traced steps have run to their end
+            self.close()
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+            if self.main:
+                tqdm.write(f"profile of steps {self.start}-{self.stop}: {self.workdir}/plugins/profile")
+
+
 def _global_batch(micro: list[dict[str, np.ndarray]], shardings: dict[str, Any]) -> dict[str, jax.Array]:
     """m process-local micro-batches [b_local, t] → global arrays [m, b, t], batch over data axes."""
     return {
@@ -229,16 +255,19 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         interval_steps = interval_tokens = 0
         compile_s: float | None = None
         bar = tqdm(total=cfg.train.steps, initial=step, desc="train", disable=not (progress and main))
+        profiler = _Profiler(cfg.train.profile_steps, workdir, main)
         try:
             with _StopSignals() as signals:
                 t_last = time.perf_counter()
                 stopping: str | None = None
                 while step < cfg.train.steps and stopping is None:
                     m = ramp_micro_batches(cfg, tokens_seen)
+                    profiler.before(step + 1)
                     state, metrics = step_fn(
                         state, _global_batch([next(it) for _ in range(m)], s.train_batch)
                     )
                     step += 1
+                    profiler.after(step, metrics)
                     tokens_seen += m * tokens_per_micro
                     pending.append(metrics)
                     bar.update(1)
@@ -266,7 +295,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         if interval_steps:
                             tps = interval_tokens / dt
                             record |= {"tokens_per_sec": tps, "step_time_s": dt / interval_steps}
-                            record["mfu"] = mfu(info.flops_per_token, tps, device_kind, mesh.size)
+                            record["mfu"] = mfu(info.model_flops_per_token, tps, device_kind, mesh.size)
                         if compile_s is not None and step - start_step <= cfg.train.log_every:
                             record["compile_s"] = compile_s
                         writer.write(step, record)
@@ -296,6 +325,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                     t_last = time.perf_counter()  # evals and saves are not training time
                 summary["stopped_by"] = stopping
         finally:
+            profiler.close()
             bar.close()
             ckpt.close()  # waits for the last async save: it is complete on disk when we return
             writer.close()

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gpt3_jax import sharding
 from gpt3_jax.config import Config
 from gpt3_jax.errors import UserError
-from gpt3_jax.model import abstract_gpt
+from gpt3_jax.model import abstract_gpt, check_attention
 from gpt3_jax.training.optim import make_optimizer
 from gpt3_jax.training.state import TrainState
 
@@ -99,6 +99,7 @@ def setup(cfg: Config, devices: Sequence[Any] | None = None) -> Setup:
     """Mesh, rules, optimizer, graph, abstract state and shardings for ``cfg`` on ``devices``
     (default: all). Raises ``UserError`` for a mesh that does not fit the devices or a batch that
     does not split over the data-parallel shards."""
+    check_attention(cfg.model)
     mesh = sharding.make_mesh(cfg.mesh, devices)
     rules = sharding.rules_from_config(cfg.mesh.rules)
     micro = check_batch(cfg, sharding.data_parallel_size(mesh, rules))

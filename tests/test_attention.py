@@ -1,0 +1,117 @@
+"""Every attention implementation equals the masked reference (``xla``), forward and gradients;
+``blockwise`` reads only the key chunks the band reaches; ``auto`` and bad choices."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gpt3_jax.errors import UserError
+from gpt3_jax.model import GPT, attention
+from gpt3_jax.model.attention import _cudnn, blocks_computed, blockwise, key_ranges, resolve_impl, splash
+
+WINDOWS = [None, 1, 6, 17, 64]
+
+
+def _qkv(t: int, h: int = 16, seed: int = 0) -> tuple[jax.Array, ...]:
+    return tuple(jax.random.normal(jax.random.key(seed + i), (2, 3, t, h)) for i in range(3))
+
+
+def _reference(q, k, v, window):
+    return attention(q, k, v, None, None, window=window, impl="xla")
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("block", [8, 16, 40])
+def test_blockwise_equals_reference_forward_and_gradients(window, block) -> None:
+    q, k, v = _qkv(40)  # 40 positions: the last block is short for blocks of 16
+    np.testing.assert_allclose(
+        blockwise(q, k, v, window=window, block=block), _reference(q, k, v, window), atol=2e-6
+    )
+    cot = jax.random.normal(jax.random.key(9), q.shape)
+
+    def grads(f):
+        return jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * cot), argnums=(0, 1, 2))(q, k, v)
+
+    ours = grads(lambda q, k, v: blockwise(q, k, v, window=window, block=block))
+    ref = grads(lambda q, k, v: _reference(q, k, v, window))
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_blockwise_plan_reads_only_the_band() -> None:
+    """T 2048, window 256, blocks of 256: each query block reads its own block and the one before
+    (2 × 256 keys, the first only 1), not the 2048 a masked T×T product computes."""
+    plan = key_ranges(2048, 256, 256)
+    assert [len(chunks) for _, _, chunks in plan] == [1] + [2] * 7
+    assert plan[3] == (768, 1024, [(513, 769), (769, 1024)])
+    assert blocks_computed(2048, 256, 256) == (256 * 256 + 7 * 256 * 511) / 2048
+    assert blocks_computed(2048, None, 256) == sum(256 * 256 * (i + 1) for i in range(8)) / 2048  # half+
+    # every visible key is read: a naive count of the band's keys per query never exceeds the plan
+    for t, w, b in ((100, 7, 16), (64, None, 8), (50, 64, 16)):
+        for qs, qe, chunks in key_ranges(t, w, b):
+            read = {j for ks, ke in chunks for j in range(ks, ke)}
+            for i in range(qs, qe):
+                assert set(range(0 if w is None else max(0, i - w + 1), i + 1)) <= read
+
+
+@pytest.mark.parametrize("window", [None, 100])
+def test_splash_equals_reference_in_interpret_mode(window) -> None:
+    q, k, v = _qkv(256, h=64)
+    np.testing.assert_allclose(
+        splash(q, k, v, window=window, block=128, interpret=True), _reference(q, k, v, window), atol=2e-6
+    )
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_cudnn_call_arguments_mean_our_mask(window) -> None:
+    """The cuDNN path's call (layout, is_causal, local_window_size=(W-1, 0)), run by
+    jax.nn.dot_product_attention's XLA implementation: the GPU runs the same call with cudnn."""
+    q, k, v = _qkv(40)
+    np.testing.assert_allclose(
+        _cudnn(q, k, v, window=window, implementation="xla"), _reference(q, k, v, window), atol=2e-6
+    )
+
+
+def test_model_with_blockwise_equals_model_with_xla(tiny_model_config) -> None:
+    cfg = dataclasses.replace(tiny_model_config, attention_impl="xla", attention_block=16)
+    ref = GPT(cfg, rngs=nnx.Rngs(0))
+    blocked = GPT(dataclasses.replace(cfg, attention_impl="blockwise"), rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, cfg.vocab_size)
+    np.testing.assert_allclose(blocked(tokens)[0], ref(tokens)[0], atol=2e-5)
+
+    def loss(model):
+        return jnp.mean(model(tokens)[0] ** 2)
+
+    for a, b in zip(
+        jax.tree.leaves(nnx.grad(loss)(blocked)), jax.tree.leaves(nnx.grad(loss)(ref)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_auto_and_unavailable_choices() -> None:
+    f32, bf16 = jnp.float32, jnp.bfloat16
+    assert resolve_impl("auto", backend="cpu", dtype=f32, seq_len=64, d_head=64) == "xla"
+    assert resolve_impl("auto", backend="cpu", dtype=f32, seq_len=2048, d_head=64) == "blockwise"
+    assert resolve_impl("auto", backend="gpu", dtype=bf16, seq_len=2048, d_head=128) == "cudnn"
+    assert resolve_impl("auto", backend="gpu", dtype=f32, seq_len=2048, d_head=128) == "blockwise"
+    assert resolve_impl("auto", backend="tpu", dtype=bf16, seq_len=2048, d_head=128) == "splash"
+    with pytest.raises(UserError, match="cudnn needs an NVIDIA GPU"):
+        resolve_impl("cudnn", backend="cpu", dtype=bf16, seq_len=64, d_head=64)
+    with pytest.raises(UserError, match="bfloat16/float16"):
+        resolve_impl("cudnn", backend="gpu", dtype=f32, seq_len=64, d_head=64)
+    with pytest.raises(UserError, match="splash needs a TPU"):
+        resolve_impl("splash", backend="gpu", dtype=bf16, seq_len=64, d_head=64)
+
+
+def test_cli_impl_that_cannot_run_is_one_line(capsys) -> None:
+    from gpt3_jax.cli import main
+
+    assert main(["plan", "configs/tiny.yaml", "--devices", "8", "model.attention_impl=splash"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model.attention_impl=splash needs a TPU") and err.count("\n") == 1
