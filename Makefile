@@ -1,5 +1,5 @@
 # Quick start:  make demo       (set-up included: a virtualenv in .venv, the package, the demo run)
-#               make test       (set-up included: the test and compare extras; the default test suite)
+#               make test       (set-up included: the test, compare and notebooks extras; the default test suite)
 #               make notebooks  (set-up for notebooks/: the notebooks extra)
 # Each set-up step leaves a stamp in .venv, so `make demo` then `make test` installs only the extras.
 PYTHON ?= python3
@@ -27,10 +27,10 @@ $(VENV)/.installed-notebooks: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-base
 	$(BIN)/gpt3-jax train configs/demo.yaml
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(VENV)/.installed-notebooks
 	$(BIN)/python -m pytest -q
 
-test-slow: $(VENV)/.installed-test
+test-slow: $(VENV)/.installed-test $(VENV)/.installed-notebooks
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(VENV)/.installed-test
@@ -41,4 +41,4 @@ notebooks: $(VENV)/.installed-notebooks
 	@echo "notebooks/ is ready to run with $(BIN)/python (kernel: ipykernel in $(VENV))"
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs notebooks/runs
