@@ -172,6 +172,20 @@ def test_continuation_tokens_are_split_as_the_harness_does(gpt2_style_tokenizer:
     assert req.context == (tok.eot_id,) and list(req.continuation) == tok.encode("Hello")
 
 
+def test_choice_with_no_token_of_its_own_is_an_error(ckpt: Path, tmp_path: Path) -> None:
+    """A tokenizer may merge a choice into the context's last token: one line naming the example."""
+    from types import SimpleNamespace
+
+    from gpt3_jax.evaluation import evaluate
+    from gpt3_jax.sampling import load
+
+    lm = load(ckpt)
+    lm.tokenizer = SimpleNamespace(encode=lambda text: [5] * min(len(text), 3), eot_id=0, vocab_size=512)
+    path = write_jsonl(tmp_path / "t.jsonl", [{"context": "abc", "choices": [" d", " e"], "gold": 0}])
+    with pytest.raises(UserError, match=r"t: example 1: ' d' adds no token to its context"):
+        evaluate(lm, path)
+
+
 # --- the batched forward pass ----------------------------------------------------------------
 
 
@@ -300,7 +314,7 @@ def test_eval_task_json(ckpt: Path, tasks, capsys) -> None:
 # --- against transformers --------------------------------------------------------------------
 
 
-def _reference(model, tokenizer, context: str, continuation: str, n_ctx: int) -> tuple[float, list[int]]:
+def _reference(model, tokenizer, context: str, continuation: str, n_ctx: int) -> tuple[float, str]:
     """lm-evaluation-harness's recipe with transformers: the continuation's tokens are those of
     context + continuation after the context's; the row is cut from the left to n_ctx + 1 tokens."""
     import torch
@@ -311,7 +325,10 @@ def _reference(model, tokenizer, context: str, continuation: str, n_ctx: int) ->
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([row])).logits[0].double(), -1)[-len(cont) :]
     picked = logp[torch.arange(len(cont)), torch.tensor(cont)]
-    return float(picked.sum()), logp.argmax(-1).tolist() == cont
+    top = logp.argmax(-1).tolist()
+    wrong = next((j for j, (a, b) in enumerate(zip(top, cont, strict=True)) if a != b), len(cont))
+    greedy = tokenizer.decode(cont[:wrong] + top[wrong : wrong + 1], clean_up_tokenization_spaces=False)
+    return float(picked.sum()), greedy
 
 
 @pytest.mark.compare
@@ -339,8 +356,9 @@ def test_log_likelihoods_match_transformers(transformers_gpt2, tasks, shots: int
                 correct.append(int(np.argmax(lls)) == ex.gold)
             else:
                 assert row["loglikelihoods"] == pytest.approx(lls[0], abs=1e-3)
-                assert row["correct"] == theirs[0][1]
-                correct.append(theirs[0][1])
+                assert row["pred"] == theirs[0][1]
+                assert row["correct"] == (theirs[0][1] == ex.answer)
+                correct.append(theirs[0][1] == ex.answer)
         assert ours["accuracy"] == pytest.approx(np.mean(correct))
 
 
@@ -427,3 +445,68 @@ def test_bad_eval_tasks_stop_training_before_it_starts(tasks, tmp_path: Path, ov
         cfg = load_config(None, [f"run.workdir={tmp_path}", "data.max_corpus_bytes=20000", override, *every])
         train(cfg, progress=False)
     assert not (tmp_path / "checkpoints").exists()
+
+
+# --- the shipped task files --------------------------------------------------------------------
+
+
+def test_shipped_tasks_are_what_make_tasks_writes(tmp_path: Path) -> None:
+    """benchmarks/tasks/*.jsonl are the generator's output, load as tasks of 50-200 examples, and
+    in python_syntax exactly the gold continuation makes valid Python."""
+    import importlib.util
+
+    from gpt3_jax.evaluation import COMPLETION, MULTIPLE_CHOICE, load_task
+
+    folder = ROOT / "benchmarks" / "tasks"
+    spec = importlib.util.spec_from_file_location("make_tasks", folder / "make_tasks.py")
+    make_tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tasks)
+    written = make_tasks.write(tmp_path)
+    assert sorted(p.name for p in written) == sorted(p.name for p in folder.glob("*.jsonl"))
+    kinds = {}
+    for path in written:
+        assert path.read_bytes() == (folder / path.name).read_bytes(), f"rerun {folder / 'make_tasks.py'}"
+        task = load_task(folder / path.name)
+        assert 50 <= len(task) <= 200
+        kinds[task.name] = task.kind
+    assert kinds == {
+        "word_order": MULTIPLE_CHOICE,
+        "arithmetic": COMPLETION,
+        "python_syntax": MULTIPLE_CHOICE,
+    }
+
+    for ex in load_task(folder / "python_syntax.jsonl").examples:
+        valid = [make_tasks.compiles(ex.context + c) for c in ex.choices]
+        assert valid == [i == ex.gold for i in range(len(ex.choices))]
+
+
+def test_every_process_scores_the_same(ckpt: Path, tasks, tmp_path: Path) -> None:
+    """2 processes × 2 devices, the parameters sharded over a mesh that spans both: each process
+    runs the same batches and gets the numbers of one process alone (what training relies on)."""
+    from test_multihost import _env, _finish, _local, _script
+
+    from gpt3_jax.evaluation import evaluate
+    from gpt3_jax.sampling import load
+
+    worker = _script(
+        tmp_path,
+        f"""
+        import json, jax
+        from gpt3_jax.config import MeshConfig
+        from gpt3_jax.evaluation import evaluate
+        from gpt3_jax.sampling import load
+        from gpt3_jax.sharding import make_mesh
+        lm = load({str(ckpt)!r}, mesh=make_mesh(MeshConfig(data=2, fsdp=2)))
+        result = evaluate(lm, {str(tasks["choices"])!r}, shots=2)
+        print("RESULT", json.dumps([e.loglikelihoods for e in result.examples]), flush=True)
+        """,
+    )
+    rc, out = _finish(_local(2, 2, ["worker"], _env(tmp_path, GPT3_JAX=worker)), timeout=240)
+    assert rc == 0, out
+    expected = [e.loglikelihoods for e in evaluate(load(ckpt), tasks["choices"], shots=2).examples]
+    for log in (out, (tmp_path / "logs" / "process_1.log").read_text()):
+        (line,) = [x for x in log.splitlines() if x.startswith("RESULT ")]
+        got = json.loads(line.removeprefix("RESULT "))
+        assert [ll for row in got for ll in row] == pytest.approx(
+            [ll for row in expected for ll in row], abs=1e-4
+        )

@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
@@ -64,6 +65,14 @@ def encode_request(tokenizer, context: str, continuation: str) -> Request:
     context_ids = tokenizer.encode(context)
     whole = tokenizer.encode(context + continuation)
     return Request(tuple(context_ids), tuple(whole[len(context_ids) :]))
+
+
+def _to_host(a: jax.Array) -> np.ndarray:
+    """The whole array on this host; with several processes the batch is sharded over all of them,
+    so each gathers the rest (every process runs the same batches, so all take part)."""
+    if a.is_fully_addressable:
+        return np.asarray(jax.device_get(a))
+    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
 def _pow2_floor(n: int) -> int:
@@ -154,9 +163,8 @@ class Scorer:
             tokens[r, t - len(inputs) :] = inputs
             positions[r, t - len(inputs) :] = np.arange(len(inputs))
             targets[r, k - len(continuation) :] = continuation
-        logp, top = jax.device_get(
-            token_logprobs(self.graphdef, self.params, tokens, targets, self.vocab_size, positions)
-        )
+        scores = token_logprobs(self.graphdef, self.params, tokens, targets, self.vocab_size, positions)
+        logp, top = (_to_host(a) for a in scores)
         out = []
         for r, (_, continuation) in enumerate(rows):
             span = slice(k - len(continuation), k)

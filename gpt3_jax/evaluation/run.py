@@ -136,7 +136,13 @@ def evaluate(
     for i, example in enumerate(task.examples):
         context = few_shot_context(task, i, shots, seed)
         spans.append((len(requests), len(example.choices)))
-        requests += [encode_request(tokenizer, context, choice) for choice in example.choices]
+        for choice in example.choices:
+            requests.append(encode_request(tokenizer, context, choice))
+            if not requests[-1].continuation:
+                raise UserError(
+                    f"{task.name}: example {i + 1}: {choice!r} adds no token to its context "
+                    "(the tokenizer merges it into the context's last token)"
+                )
     scored = scorer(requests, progress=progress, desc=f"{task.name} {shots}-shot")
     results = []
     for example, (start, count) in zip(task.examples, spans, strict=True):
