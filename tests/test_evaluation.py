@@ -510,3 +510,21 @@ def test_every_process_scores_the_same(ckpt: Path, tasks, tmp_path: Path) -> Non
         assert [ll for row in got for ll in row] == pytest.approx(
             [ll for row in expected for ll in row], abs=1e-4
         )
+
+
+def test_docs_list_the_json_keys(ckpt: Path, tasks) -> None:
+    """docs/evaluation.md's table of ``--json`` keys is what the two kinds of task print."""
+    import re
+
+    from gpt3_jax.evaluation import evaluate
+    from gpt3_jax.sampling import load
+
+    doc = (ROOT / "docs" / "evaluation.md").read_text()
+    table = doc[doc.index("| key |") : doc.index("`--batch-size B`")]
+    documented = set(re.findall(r"`(\w+)`", table))
+    lm = load(ckpt)
+    printed = set()
+    for path in tasks.values():
+        result = evaluate(lm, path).to_json()
+        printed |= set(result) | set(result["examples"][0])
+    assert documented - {"multiple_choice", "completion"} == printed

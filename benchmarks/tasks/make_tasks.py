@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# (prefix, the last words in order): each tail has 4 words, so 3 shuffles always exist.
+# (prefix, the last words in order): every tail has 3 to 5 words, so 3 distinct shuffles exist.
 SENTENCES = [
     ("After dinner we", "walked along the river."),
     ("The old dog slept", "all afternoon by the fire."),
