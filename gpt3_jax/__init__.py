@@ -46,10 +46,8 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
+    if name in _EXPORTS:  # importlib caches the module: later lookups are cheap
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'gpt3_jax' has no attribute {name!r}")
 
 

@@ -89,14 +89,14 @@ def test_remat_gradients_equal_plain(tiny_model_config, policy, scan):
 
 def _naive_attention(q, k, v, window):
     """Per query, a plain loop over the keys it may see, in float64: the reference."""
-    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))  # rows: (b·n, t, h)
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))  # (b, n, t, h)
     out = np.zeros_like(q)
-    for i in range(q.shape[1]):
+    for i in range(q.shape[2]):
         lo = 0 if window is None else max(0, i - window + 1)
-        logits = np.einsum("rh,rsh->rs", q[:, i], k[:, lo : i + 1]) / np.sqrt(q.shape[-1])
+        logits = np.einsum("bnh,bnsh->bns", q[:, :, i], k[:, :, lo : i + 1]) / np.sqrt(q.shape[-1])
         probs = np.exp(logits - logits.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
-        out[:, i] = np.einsum("rs,rsh->rh", probs, v[:, lo : i + 1])
+        out[:, :, i] = np.einsum("bns,bnsh->bnh", probs, v[:, :, lo : i + 1])
     return out
 
 

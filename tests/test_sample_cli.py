@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpt3_jax.cli import main
@@ -129,8 +130,25 @@ def test_eval_json(ckpt: Path, capsys) -> None:
     assert code == 0
     result = json.loads(out)
     assert result["tokens"] == 2 * 4 * 48  # two full batches of 48-token windows
-    assert result["perplexity"] == pytest.approx(2.718281828 ** result["loss"], rel=1e-6)
-    assert 0 < result["loss"] < 10
+    ref = _reference_loss(ckpt, windows=8, length=48)
+    assert result["loss"] == pytest.approx(ref, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(np.exp(ref), rel=1e-5)
+
+
+def _reference_loss(ckpt: Path, windows: int, length: int) -> float:
+    """By hand: the text's ids after an end-of-text, cut into windows of ``length`` next-token
+    pairs, scored with a float64 log-softmax over the tokenizer's ids."""
+    from gpt3_jax.checkpoint import load_model, tokenizer_path
+    from gpt3_jax.data import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_path(ckpt / "ckpt"))
+    _, model = load_model(ckpt / "ckpt")
+    ids = np.array([tok.eot_id, *tok.encode(TEXT)])
+    rows = np.stack([ids[i * length : i * length + length + 1] for i in range(windows)])
+    logits = np.asarray(model(rows[:, :-1])[0], np.float64)[..., : tok.vocab_size]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    return float(-np.take_along_axis(logp, rows[:, 1:, None], -1).mean())
 
 
 def test_notebook_cells_run(ckpt: Path, capsys) -> None:

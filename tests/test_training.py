@@ -154,8 +154,9 @@ def test_metrics_checkpoints_and_summary(run_a) -> None:
     for r in train_recs:  # the schedule is in tokens: 8 sequences × 32 tokens per step
         assert r["tokens"] == 256 * r["step"]
         assert r["lr"] == pytest.approx(float(learning_rate(cfg.optim, r["tokens"])), rel=1e-6)
-    for e in evals:
-        assert e["eval_perplexity"] == pytest.approx(math.exp(e["eval_loss"]), rel=1e-5)
+    ref = _reference_eval_loss(workdir, load_config(workdir / "config.yaml"))  # step 6: final params
+    assert evals[-1]["eval_loss"] == pytest.approx(ref, rel=1e-5)
+    assert evals[-1]["eval_perplexity"] == pytest.approx(math.exp(ref), rel=1e-5)
     assert train_recs[-1]["loss"] < train_recs[0]["loss"]
     assert list(workdir.glob("events.out.tfevents.*")), "no TensorBoard events"
     ckpts = workdir / "checkpoints"
@@ -163,6 +164,23 @@ def test_metrics_checkpoints_and_summary(run_a) -> None:
     assert (ckpts / "tokenizer.model").is_file()
     assert summary["steps"] == 6 and summary["stopped_by"] is None
     assert summary["eval_loss"] == evals[-1]["eval_loss"]
+
+
+def _reference_eval_loss(workdir: Path, cfg: Config) -> float:
+    """The eval loss recomputed by hand: the first ``eval_batches`` × batch windows of the
+    validation split, in order, scored with a float64 log-softmax of the checkpoint's logits."""
+    from gpt3_jax import checkpoint
+    from gpt3_jax.data import PreparedData
+
+    _, model = checkpoint.load_model(workdir / "checkpoints")
+    (prepared,) = [PreparedData.load(p) for p in (Path(cfg.data.cache_dir)).glob("tokens-*")]
+    val = prepared.val_stream()
+    t, n = cfg.model.n_ctx, cfg.train.eval_batches * cfg.train.batch_size
+    windows = np.stack([val.read(i * t, i * t + t + 1) for i in range(n)]).astype(np.int32)
+    logits = np.asarray(model(windows[:, :-1])[0], np.float64)[..., : cfg.model.vocab_size]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    return float(-np.take_along_axis(logp, windows[:, 1:, None], -1).mean())
 
 
 def test_checkpoint_loads_as_a_model(run_a) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from gpt3_jax.sharding import Rules, constrain
+
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
@@ -42,9 +44,20 @@ class LayerCache:
     def slots(self) -> int:
         return self.k.shape[1]
 
+    def rows_of(self, x: jax.Array) -> jax.Array:
+        """Keys or values [b, n, t, h] in the cache's row layout [b·n, t, h]."""
+        b, n, t, h = x.shape
+        return x.reshape(b * n, t, h)
+
+    def heads(self, x: jax.Array, batch: int) -> jax.Array:
+        """The cache's keys or values [b·n, s, h] seen as [b, n, s, h]."""
+        r, s, h = x.shape
+        return x.reshape(batch, r // batch, s, h)
+
     def write(self, k: jax.Array, v: jax.Array, pos: jax.Array) -> LayerCache:
-        """Store new keys/values k, v [b·n, t, h] at positions pos [b, t] in the next ``t`` slot
+        """Store new keys/values k, v [b, n, t, h] at positions pos [b, t] in the next ``t`` slot
         times; in a ring only the last ``slots`` of them survive."""
+        k, v = self.rows_of(k), self.rows_of(v)
         t, s = k.shape[1], self.slots
         end = self.end + t
         if t > s:  # a ring shorter than the chunk: the earlier entries would be overwritten anyway
@@ -63,6 +76,16 @@ class LayerCache:
             self.pos.at[:, slots].set(pos.astype(jnp.int32)),
             end,
         )
+
+    def constrain(self, rules: Rules) -> LayerCache:
+        """The keys and values pinned as [b, n, s, h] by ``rules`` (batch on the data axes, heads on
+        ``tensor``); the cache itself when no mesh is set."""
+        if jax.sharding.get_abstract_mesh().empty:
+            return self
+        b = self.pos.shape[0]
+        names = ("act_batch", "act_heads", "act_len", None)
+        k, v = (constrain(self.heads(x, b), names, rules).reshape(x.shape) for x in (self.k, self.v))
+        return LayerCache(k, v, constrain(self.pos, ("act_batch", "act_len"), rules), self.end)
 
     def nbytes(self) -> int:
         return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(self))

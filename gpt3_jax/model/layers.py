@@ -100,7 +100,6 @@ class Attention(nnx.Module):
             raise ValueError(f"attention kind must be 'dense' or 'local', got {kind!r}")
         d, n, h = cfg.d_model, cfg.n_head, cfg.d_head
         self.kind = kind
-        self.n_head = n
         self.window = cfg.local_window if kind == "local" else None
         self.dtype = compute_dtype(cfg)
         self.rules = rules
@@ -113,20 +112,17 @@ class Attention(nnx.Module):
         self.c_proj_b = param(rngs, _zeros, (d,), ("embed",))
 
     def qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """[b, t, d] → q, k, v, each in rows [b·n, t, h] (see ``gpt3_jax.model.attention``)."""
-        b, t, _ = x.shape
+        """[b, t, d] → q, k, v, each [b, n, t, h]."""
         w = self.c_attn_w[...].astype(self.dtype)
         qkv = jnp.einsum("btd,dknh->btknh", x, w) + self.c_attn_b[...].astype(self.dtype)  # (b, t, 3, n, h)
         qkv = qkv.transpose(2, 0, 3, 1, 4)  # (3, b, n, t, h)
-        qkv = constrain(qkv, (None, "act_batch", "act_heads", "act_len", None), self.rules)
-        q, k, v = qkv.reshape(3, b * self.n_head, t, -1)  # (b·n, t, h) each
+        q, k, v = constrain(qkv, (None, "act_batch", "act_heads", "act_len", None), self.rules)
         return q, k, v
 
     def out(self, y: jax.Array) -> jax.Array:
-        """Rows [b·n, t, h] → [b, t, d]."""
-        r, t, h = y.shape
-        y = y.reshape(r // self.n_head, self.n_head, t, h).transpose(0, 2, 1, 3)  # (b, t, n, h)
+        """[b, n, t, h] → [b, t, d]."""
         w = self.c_proj_w[...].astype(self.dtype)
+        y = y.transpose(0, 2, 1, 3)  # (b, t, n, h): a plain [b·t, n·h] × [n·h, d] product
         return jnp.einsum("btnh,nhd->btd", y, w) + self.c_proj_b[...].astype(self.dtype)
 
     def __call__(
@@ -135,21 +131,24 @@ class Attention(nnx.Module):
         """x [b, t, d] at positions [b, t] (-1: padding) → ([b, t, d], the updated cache).
 
         With a cache the queries also see the keys it holds: one new token is stored first and
-        attends over the cache; several attend over the cache's keys and their own, then are stored.
+        attends over the cache as it lies (in rows, see ``model.attention``); several attend over
+        the cache's keys and their own, then are stored.
         """
-        q, k, v = self.qkv(x)  # (b·n, t, h)
+        q, k, v = self.qkv(x)  # (b, n, t, h)
         if cache is None:
             y = attention(q, k, v, positions, positions, window=self.window)
         elif x.shape[1] == 1:
-            cache = cache.write(k, v, positions)
+            cache = cache.write(k, v, positions).constrain(self.rules)
             y = attention(q, cache.k, cache.v, positions, cache.pos, window=self.window)
         else:
+            b = x.shape[0]
             keys, values = (
-                jnp.concatenate([c.astype(a.dtype), a], axis=1) for c, a in ((cache.k, k), (cache.v, v))
+                jnp.concatenate([cache.heads(c, b).astype(a.dtype), a], axis=2)
+                for c, a in ((cache.k, k), (cache.v, v))
             )
             k_pos = jnp.concatenate([cache.pos, positions], axis=1)
             y = attention(q, keys, values, positions, k_pos, window=self.window)
-            cache = cache.write(k, v, positions)
+            cache = cache.write(k, v, positions).constrain(self.rules)
         return self.out(y), cache
 
 
