@@ -172,6 +172,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # 0 = no evaluation
     eval_batches: int = 8
+    eval_tasks: tuple[str, ...] = ()  # task files (docs/evaluation.md) scored 0-shot at every eval
     init_from: str = ""  # fine-tuning: take parameters (only) from this checkpoint
     sample_every: int = 0  # print a sample every N steps; 0 = only at the end
     sample_tokens: int = 64
@@ -181,6 +182,11 @@ class TrainConfig:
         for key in ("steps", "batch_size", "micro_batches", "log_every", "eval_batches"):
             _require(getattr(self, key) > 0, f"train.{key}", "must be a positive integer")
         _require(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = off)")
+        _require(
+            self.eval_every > 0 or not self.eval_tasks,
+            "train.eval_tasks",
+            "are scored at every eval: set train.eval_every too",
+        )
         _require(self.sample_every >= 0, "train.sample_every", "must be >= 0")
         _require(self.sample_tokens >= 0, "train.sample_tokens", "must be >= 0")
         _require(

@@ -54,3 +54,34 @@ def gpt2_style_tokenizer(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gpt2_tok")
     tok.save(str(out / "tokenizer.json"))
     return out
+
+
+@pytest.fixture(scope="session")
+def transformers_gpt2(tmp_path_factory, gpt2_style_tokenizer: Path):
+    """A random transformers GPT2LMHeadModel with the byte-level BPE as a PreTrainedTokenizerFast,
+    saved with save_pretrained, and converted with ``gpt3-jax convert from-hf``."""
+    from gpt3_jax.cli import main
+
+    pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(gpt2_style_tokenizer / "tokenizer.json"),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_head=4, n_embd=64, vocab_size=512, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # larger than GPT-2's 0.02 init, so that greedy choices are clear-cut
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    root = tmp_path_factory.mktemp("transformers")
+    model.save_pretrained(root / "gpt2")
+    tokenizer.save_pretrained(root / "gpt2")
+    assert main(["convert", "from-hf", str(root / "gpt2"), str(root / "ckpt")]) == 0
+    return model, tokenizer, root

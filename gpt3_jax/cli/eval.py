@@ -1,4 +1,5 @@
-"""``gpt3-jax eval``: loss and perplexity of a checkpoint on text files or its run's validation data."""
+"""``gpt3-jax eval``: loss and perplexity of a checkpoint on text files or its run's validation data,
+or its accuracy on a task file at K shots (``--task``, docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,25 @@ import sys
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="loss and perplexity of a checkpoint on a data set",
+        help="loss and perplexity of a checkpoint on a data set, or accuracy on a task",
         description="Tokenizes --input (text files, folders, JSONL) with the checkpoint's tokenizer, "
         "joins documents with end-of-text, and scores windows of the model's context. Without "
-        "--input, scores the validation split of the data the checkpoint's run trained on.",
+        "--input, scores the validation split of the data the checkpoint's run trained on. "
+        "With --task, the accuracy on a task file (JSON lines of multiple-choice or completion "
+        "examples) at --shots K shots, as the GPT-3 paper measures it (docs/evaluation.md).",
     )
     parser.add_argument("--checkpoint", required=True, metavar="DIR", help="run workdir or checkpoint dir")
     parser.add_argument("--input", nargs="+", metavar="PATH", help="text files, folders or JSONL(.gz)")
+    parser.add_argument(
+        "--task",
+        metavar="FILE",
+        help='a task file, one JSON example per line: {"context", "choices", "gold"} (multiple choice) '
+        'or {"context", "completion"}',
+    )
+    parser.add_argument(
+        "--shots", type=int, default=0, metavar="K", help="--task: solved examples before each (default 0)"
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="--task: which examples are shots")
     parser.add_argument(
         "--tokenizer",
         metavar="TOK",
@@ -25,9 +38,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(default: the checkpoint's)",
     )
     parser.add_argument("--seq-len", type=int, default=0, metavar="T", help="window length; 0 = n_ctx")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="rows per batch (default 8)")
     parser.add_argument("--max-batches", type=int, default=0, metavar="N", help="0 = all")
-    parser.add_argument("--json", action="store_true", help="print {loss, perplexity, tokens} as JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print {loss, perplexity, tokens} as JSON; with --task, the scores and every example's",
+    )
     parser.set_defaults(run=run)
 
 
@@ -72,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.max_batches < 0 or args.seq_len < 0:
         raise UserError("--batch-size must be >= 1, --max-batches and --seq-len >= 0")
+    if args.task:
+        return _run_task(args)
     lm = load(args.checkpoint, tokenizer=args.tokenizer)
     if lm.tokenizer is None:
         raise UserError("the checkpoint has no tokenizer; pass --tokenizer TOK")
@@ -96,4 +115,31 @@ def run(args: argparse.Namespace) -> int:
         if args.json
         else f"loss {loss:.4f}  perplexity {math.exp(loss):.3f}  tokens {count}"
     )
+    return 0
+
+
+def _run_task(args: argparse.Namespace) -> int:
+    """``--task``: accuracy at --shots K shots; the task file is checked before the model loads."""
+    from gpt3_jax.errors import UserError
+    from gpt3_jax.evaluation import evaluate, load_task, shot_indices
+    from gpt3_jax.sampling import load
+
+    if args.input:
+        raise UserError("give --task or --input, not both")
+    task = load_task(args.task)
+    shot_indices(len(task), 0, args.shots, args.seed)  # enough examples for K shots?
+    lm = load(args.checkpoint, tokenizer=args.tokenizer)
+    if lm.tokenizer is None:
+        raise UserError("the checkpoint has no tokenizer; pass --tokenizer TOK")
+    result = evaluate(lm, task, shots=args.shots, seed=args.seed, batch_size=args.batch_size, progress=True)
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    line = f"{task.name}: {args.shots}-shot, n {result.n}, "
+    line += f"accuracy {result.accuracy:.4f} ± {result.accuracy_stderr:.4f}"
+    if result.accuracy_norm is not None:
+        line += f", accuracy_norm {result.accuracy_norm:.4f}"
+    if result.loglikelihood is not None:
+        line += f", loglikelihood {result.loglikelihood:.4f}"
+    print(line)
     return 0

@@ -228,7 +228,7 @@ class LanguageModel:
                 x, y = (np.concatenate([a, np.zeros((extra, a.shape[1]), a.dtype)]) for a in (x, y))
                 m = np.concatenate([m, np.zeros((extra, m.shape[1]), bool)])
             with self._mesh():
-                logp = token_logprobs(graphdef, params, x, y, self.vocab_size)
+                logp, _ = token_logprobs(graphdef, params, x, y, self.vocab_size)
             yield np.asarray(logp), m
 
 

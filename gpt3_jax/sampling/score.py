@@ -1,4 +1,5 @@
-"""Log-likelihood of token windows under the model: what ``score`` and ``gpt3-jax eval`` report."""
+"""Log-likelihoods of tokens under the model: the one jitted scoring function (``score``, ``gpt3-jax
+eval`` and the task evaluation in ``gpt3_jax.evaluation`` all call it), and token windows."""
 
 from __future__ import annotations
 
@@ -14,18 +15,29 @@ from gpt3_jax.model import mask_vocab
 
 @partial(jax.jit, static_argnames=("graphdef", "vocab_size"))
 def token_logprobs(
-    graphdef: nnx.GraphDef, params: nnx.State, inputs: jax.Array, targets: jax.Array, vocab_size: int
-) -> jax.Array:
-    """log p(targets[b, t] | inputs[b, :t+1]) for inputs/targets [b, t] → [b, t] float32.
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    inputs: jax.Array,
+    targets: jax.Array,
+    vocab_size: int,
+    positions: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Log-probabilities of targets, and the model's greedy (argmax) token in their place.
 
-    Logits of ids ≥ ``vocab_size`` (padding, or ids the tokenizer lacks) are masked, so the
-    distribution is over the usable vocabulary.
+    inputs [b, t] at positions [b, t] (default 0..t-1; -1 marks padding, so left-padded rows are
+    exact); targets [b, k], k ≤ t: the tokens that follow the LAST k inputs. Returns
+    ``log p(targets[b, j] | inputs[b, :t-k+j+1])`` [b, k] float32 and the argmax ids [b, k] int32.
+
+    Only the last k positions go through the softmax (evaluation scores short continuations at
+    the end of left-padded rows). Logits of ids ≥ ``vocab_size`` (padding, or ids the tokenizer
+    lacks) are masked, so the distribution is over the usable vocabulary.
     """
     model = nnx.merge(graphdef, params)
-    logits, _ = model(inputs)
-    logits = mask_vocab(logits, vocab_size)  # (b, t, v)
+    logits, _ = model(inputs, positions)
+    logits = mask_vocab(logits[:, inputs.shape[1] - targets.shape[1] :], vocab_size)  # (b, k, v)
     logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return picked, jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
 def windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,12 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from tqdm import tqdm
 
 from gpt3_jax import checkpoint, distributed
 from gpt3_jax.checkpoint import Checkpointer, load_init_params
 from gpt3_jax.config import Config, dump_config
 from gpt3_jax.errors import UserError
+from gpt3_jax.evaluation.run import load_tasks, task_metrics
+from gpt3_jax.sampling import LanguageModel
 from gpt3_jax.training.metrics import MetricsWriter, mfu
 from gpt3_jax.training.optim import check_ramp, ramp_micro_batches
 from gpt3_jax.training.setup import setup
@@ -164,8 +167,6 @@ def _sample(cfg: Config, graphdef: Any, params: Any, tokenizer: Any, mesh: Any) 
         from gpt3_jax.sampling.sampler import Sampler
     except ImportError:
         return None
-    from flax import nnx
-
     model = nnx.merge(graphdef, params)
     try:
         sampler = Sampler(model, eot_id=tokenizer.eot_id, mesh=mesh)
@@ -202,6 +203,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     main = jax.process_index() == 0
     workdir = Path(cfg.run.workdir)
     cfg = _with_init_tokenizer(cfg)
+    tasks = load_tasks(cfg.train.eval_tasks)  # a bad task file stops us before any work
     s = setup(cfg)  # mesh, rules, optimizer, abstract state, shardings; checks the batch
     check_ramp(cfg)
     mesh, micro = s.mesh, s.micro
@@ -311,6 +313,14 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         if main:
                             tqdm.write(f"step {step}: eval loss {eval_loss:.4f}, perplexity {perplexity:.2f}")
                         summary["eval_loss"] = eval_loss
+                        if tasks:  # every process scores: the parameters are sharded over all of them
+                            lm = LanguageModel(cfg, nnx.merge(s.graphdef, state.params), data.tokenizer, mesh)
+                            scores = task_metrics(lm, tasks)
+                            writer.write(step, scores)
+                            if main:
+                                tqdm.write(
+                                    f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+                                )
                     if cfg.train.sample_every and step % cfg.train.sample_every == 0:
                         # every process samples: the parameters are sharded over all of them
                         text = _sample(cfg, s.graphdef, state.params, data.tokenizer, mesh)
