@@ -11,9 +11,9 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from gpt3_jax import paths
 from gpt3_jax.errors import UserError
 
 ATTENTION_TYPES = ("dense", "local")
@@ -221,7 +221,7 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    workdir: str = "runs/default"
+    workdir: str = "runs/default"  # a local folder or gs://bucket/path (shared by every host on a pod)
     seed: int = 0
 
 
@@ -285,7 +285,7 @@ def _scalars_to_lists(layer: dict[str, Any]) -> dict[str, Any]:
     return layer
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: paths.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides.
 
     Raises ``UserError`` (one line) on a missing file, bad YAML, an unknown key, a wrong type or
@@ -297,7 +297,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
     layers = [OmegaConf.structured(Config)]
     if path is not None:
-        p = Path(path)
+        p = paths.as_path(path)
         if not p.is_file():
             raise UserError(f"config file {str(p)!r} not found; pass a YAML file such as configs/tiny.yaml")
         try:

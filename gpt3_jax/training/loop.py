@@ -21,7 +21,6 @@ import math
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,7 +29,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from gpt3_jax import checkpoint, distributed
+from gpt3_jax import checkpoint, distributed, paths
 from gpt3_jax.checkpoint import Checkpointer, load_init_params
 from gpt3_jax.config import Config, dump_config
 from gpt3_jax.errors import UserError
@@ -89,7 +88,7 @@ def _fetch(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
     }
 
 
-def _check_finite(values: dict[str, float], step: int, last_good: int | None, root: Path) -> None:
+def _check_finite(values: dict[str, float], step: int, last_good: int | None, root: paths.Path) -> None:
     if all(math.isfinite(values[k]) for k in ("loss", "max_grad_norm", "param_norm") if k in values):
         return
     where = (
@@ -174,7 +173,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     main = jax.process_index() == 0
-    workdir = Path(cfg.run.workdir)
+    workdir = paths.as_path(cfg.run.workdir)
     cfg = _with_init_tokenizer(cfg)
     s = setup(cfg)  # mesh, rules, optimizer, abstract state, shardings; checks the batch
     check_ramp(cfg)
@@ -185,7 +184,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     data = prepare_training_data(cfg, workdir, process_index=jax.process_index(), progress=progress and main)
     if main:
         ckpt.save_tokenizer(data.tokenizer)
-        (workdir / "config.yaml").write_text(dump_config(cfg))
+        paths.write_text(workdir / "config.yaml", dump_config(cfg))
     it = train_iterator(
         data,
         batch_size=micro,
