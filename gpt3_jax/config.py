@@ -19,6 +19,7 @@ from gpt3_jax.errors import UserError
 ATTENTION_TYPES = ("dense", "local")
 REMAT_POLICIES = ("none", "full", "save_dots")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TRACKERS = ("tensorboard", "wandb")
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -223,6 +224,16 @@ class CheckpointConfig:
 class RunConfig:
     workdir: str = "runs/default"  # a local folder or gs://bucket/path (shared by every host on a pod)
     seed: int = 0
+    trackers: tuple[str, ...] = ("tensorboard",)  # beside metrics.jsonl: tensorboard, wandb
+
+    def __post_init__(self) -> None:
+        for tracker in self.trackers:
+            _require(
+                tracker in TRACKERS,
+                "run.trackers",
+                f"unknown tracker {tracker!r}; use entries from {list(TRACKERS)}",
+            )
+        _require(len(set(self.trackers)) == len(self.trackers), "run.trackers", "lists a tracker twice")
 
 
 @dataclass(frozen=True)

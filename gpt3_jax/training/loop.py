@@ -33,7 +33,7 @@ from gpt3_jax import checkpoint, distributed, paths
 from gpt3_jax.checkpoint import Checkpointer, load_init_params
 from gpt3_jax.config import Config, dump_config
 from gpt3_jax.errors import UserError
-from gpt3_jax.training.metrics import MetricsWriter, mfu
+from gpt3_jax.training.metrics import MetricsWriter, mfu, peak_flops
 from gpt3_jax.training.optim import check_ramp, ramp_micro_batches
 from gpt3_jax.training.setup import setup
 from gpt3_jax.training.state import init_state
@@ -198,6 +198,8 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
     info = count(cfg.model)
     device_kind, tokens_per_micro = jax.devices()[0].device_kind, micro * cfg.model.n_ctx
+    if main and peak_flops(device_kind) is None:
+        print(f"MFU is not reported: no peak FLOP/s known for device kind {device_kind!r}")
 
     params = None
     if resume is None and cfg.train.init_from:
@@ -214,7 +216,9 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         step_fn = jit_train_step(s)
         param_norm = jax.jit(optax.global_norm)
         eval_fn = jit_eval_step(s) if cfg.train.eval_every else None
-        writer = MetricsWriter(workdir, resume_step=step, enabled=main)
+        writer = MetricsWriter(
+            workdir, resume_step=step, enabled=main, trackers=cfg.run.trackers, config=cfg.to_dict()
+        )
         if main:
             print(
                 f"{where}: {workdir}, mesh {dict(mesh.shape)}, {info.params:,} parameters, "
@@ -265,7 +269,8 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         if interval_steps:
                             tps = interval_tokens / dt
                             record |= {"tokens_per_sec": tps, "step_time_s": dt / interval_steps}
-                            record["mfu"] = mfu(info.flops_per_token, tps, device_kind, mesh.size)
+                            if (u := mfu(info.flops_per_token, tps, device_kind, mesh.size)) is not None:
+                                record["mfu"] = u
                         if compile_s is not None and step - start_step <= cfg.train.log_every:
                             record["compile_s"] = compile_s
                         writer.write(step, record)
