@@ -20,6 +20,7 @@ ATTENTION_TYPES = ("dense", "local")
 REMAT_POLICIES = ("none", "full", "save_dots")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TRACKERS = ("tensorboard", "wandb")
+WORKDIR_PLACEHOLDER = "gs://YOUR_BUCKET/"  # presets for pods start run.workdir with it: it must be set
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -234,6 +235,15 @@ class RunConfig:
                 f"unknown tracker {tracker!r}; use entries from {list(TRACKERS)}",
             )
         _require(len(set(self.trackers)) == len(self.trackers), "run.trackers", "lists a tracker twice")
+
+    def require_workdir(self) -> None:
+        """A UserError when ``workdir`` is still a preset's placeholder bucket."""
+        _require(
+            not self.workdir.startswith(WORKDIR_PLACEHOLDER),
+            "run.workdir",
+            f"{self.workdir} is the preset's placeholder; set run.workdir={WORKDIR_PLACEHOLDER}... to "
+            "your bucket (or to a folder every host mounts; a local folder does for one host)",
+        )
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,11 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     main = jax.process_index() == 0
+    cfg.run.require_workdir()
     workdir = paths.as_path(cfg.run.workdir)
+    distributed.check_shared(workdir, "run.workdir")  # several hosts: all must see one workdir
+    if cfg.data.cache_dir:
+        distributed.check_shared(cfg.data.cache_dir, "data.cache_dir")
     cfg = _with_init_tokenizer(cfg)
     s = setup(cfg)  # mesh, rules, optimizer, abstract state, shardings; checks the batch
     check_ramp(cfg)
