@@ -65,6 +65,22 @@ def _option(argv: list[str], name: str) -> str:
     return values[0]
 
 
+def _run_as_worker(command: str, home: Path, env: dict[str, str], record: str, ready) -> None:
+    """Run a worker's start command in a shell, as its TPU VM would: HOME holds the checkout and a
+    venv whose ``gpt3-jax`` is a stub with the bash body ``record``. The run starts in the
+    background: wait until ``ready()``."""
+    (home / "gpt3-jax").mkdir(parents=True)
+    (home / "gpt3-jax-venv" / "bin").mkdir(parents=True)
+    _stub(home / "gpt3-jax-venv" / "bin", "gpt3-jax", record)
+    subprocess.run(
+        ["bash", "-c", command], env={**env, "HOME": str(home)}, cwd=home.parent, check=True, timeout=30
+    )
+    for _ in range(100):
+        if ready():
+            break
+        subprocess.run(["sleep", "0.05"])
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_bash_syntax(script: Path) -> None:
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -127,22 +143,10 @@ def test_tpu_dry_run_queued(stub_path: tuple[dict[str, str], Path], tmp_path: Pa
     assert _option(logs, "--worker") == "0" and "tail" in _option(logs, "--command")
 
     # The start command, run by a shell as a worker would, passes the arguments through unchanged.
-    home = tmp_path / "home"
-    (home / "gpt3-jax").mkdir(parents=True)
-    (home / "gpt3-jax-venv" / "bin").mkdir(parents=True)
-    got = tmp_path / "argv"
-    _stub(home / "gpt3-jax-venv" / "bin", "gpt3-jax", f'printf "%s\\0" "$@" > {shlex.quote(str(got))}\n')
-    subprocess.run(
-        ["bash", "-c", _option(start, "--command")],
-        env={**env, "HOME": str(home)},
-        cwd=tmp_path,
-        check=True,
-        timeout=30,
-    )
-    for _ in range(100):  # the worker command starts the run in the background
-        if got.exists() and (home / "gpt3-jax-train.pid").exists():
-            break
-        subprocess.run(["sleep", "0.05"])
+    home, got = tmp_path / "home", tmp_path / "argv"
+    record = f'printf "%s\\0" "$@" > {shlex.quote(str(got))}\n'
+    ready = lambda: got.exists() and (home / "gpt3-jax-train.pid").exists()
+    _run_as_worker(_option(start, "--command"), home, env, record, ready)
     assert got.read_text().split("\0")[:-1] == TRICKY_ARGS
 
 
@@ -208,24 +212,16 @@ def test_tpu_dry_run_two_slices(stub_path: tuple[dict[str, str], Path], tmp_path
     # Each slice's start command, run as its workers would: the train arguments plus
     # mesh.dcn_data=2, and the environment libtpu's megascale runtime and JAX read.
     for slice_id, start in enumerate(starts):
-        home = tmp_path / f"home{slice_id}"
-        (home / "gpt3-jax").mkdir(parents=True)
-        (home / "gpt3-jax-venv" / "bin").mkdir(parents=True)
-        got = tmp_path / f"argv{slice_id}"
+        home, got = tmp_path / f"home{slice_id}", tmp_path / f"argv{slice_id}"
         record = 'printf "%s\\0" "$@" "$MEGASCALE_COORDINATOR_ADDRESS" "$MEGASCALE_NUM_SLICES" '
         record += f'"$MEGASCALE_SLICE_ID" "$MEGASCALE_PORT" > {shlex.quote(str(got))}\n'
-        _stub(home / "gpt3-jax-venv" / "bin", "gpt3-jax", record)
-        subprocess.run(
-            ["bash", "-c", _option(start, "--command")],
-            env={**env, "HOME": str(home)},
-            cwd=tmp_path,
-            check=True,
-            timeout=30,
+        _run_as_worker(
+            _option(start, "--command"),
+            home,
+            env,
+            record,
+            lambda got=got: got.exists() and got.read_text().count("\0") == 8,
         )
-        for _ in range(100):  # the worker command starts the run in the background
-            if got.exists() and got.read_text().count("\0") == 8:
-                break
-            subprocess.run(["sleep", "0.05"])
         assert got.read_text().split("\0")[:-1] == [
             "train",
             "configs/gpt3-175b.yaml",

@@ -111,6 +111,20 @@ def test_plan_bad_slices_are_one_line_errors(args, message, capsys):
     assert len(err) == 1 and err[0].startswith(f"error: {message}")
 
 
+def _plan_in_subprocess(*args: str) -> dict:
+    """``gpt3-jax plan ARGS --json`` in a fresh process (which sets its own device count)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "-m", "gpt3_jax", "plan", *args, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
 @pytest.mark.slow
 def test_plan_175b_on_512_devices_fits_v5p():
     """MaxText's 175B layout on a TPU v5p-1024 (512 chips): fsdp 64 × tensor 8, 4 sequences of
@@ -123,16 +137,7 @@ def test_plan_175b_on_512_devices_fits_v5p():
         "train.micro_batches=1",
         "model.remat=full",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI sets its own
-    out = subprocess.run(
-        [sys.executable, "-m", "gpt3_jax", "plan", cfg, "--devices", "512", *over, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    plan = json.loads(out.stdout)
+    plan = _plan_in_subprocess(cfg, "--devices", "512", *over)
     assert plan["devices"] == 512 and plan["mesh"] == {"data": 1, "fsdp": 64, "tensor": 8}
     assert plan["sequences_per_device"] == 4
     assert plan["per_device_bytes"]["total"] <= 95 * GiB
@@ -144,17 +149,7 @@ def test_plan_175b_on_two_v5p_slices():
     """The 175B preset on two simulated v5p-1024 slices (2 × 512 chips): data parallelism across
     the slices, fsdp 64 × tensor 8 inside each; per-device memory must fit a v5p's 95 GiB."""
     over = ["mesh.fsdp=64", "mesh.tensor=8"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI sets its own
-    out = subprocess.run(
-        [sys.executable, "-m", "gpt3_jax", "plan", "configs/gpt3-175b.yaml", "--devices", "1024"]
-        + ["--slices", "2", *over, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    plan = json.loads(out.stdout)
+    plan = _plan_in_subprocess("configs/gpt3-175b.yaml", "--devices", "1024", "--slices", "2", *over)
     assert plan["devices"] == 1024 and plan["slices"] == 2
     assert plan["mesh"] == {"data": 2, "fsdp": 64, "tensor": 8}
     by = plan["per_device_bytes"]
