@@ -14,8 +14,11 @@ Parameters (and the optimizer's moments) are stored in the stacked layout — ea
 per-layer model is converted at save and restore (``gpt3_jax.model.stack_layers``).
 
 Any command that takes ``--checkpoint DIR`` accepts a run's workdir (``DIR/checkpoints``), a
-manager root, or one step folder. A tokenizer beside the items (``tokenizer.model`` or
-``tokenizer.json`` in the manager root, see ``gpt3_jax.data.tokenizer``) travels with the checkpoint.
+manager root, or one step folder, local or in a bucket (``gs://``: Orbax and tensorstore write
+there natively). A step counts only once Orbax has finalized it (locally its temporary folder
+was renamed; in a bucket its commit file was written last), so a save cut short is never taken
+for a checkpoint. A tokenizer beside the items (``tokenizer.model`` or ``tokenizer.json`` in the
+manager root, see ``gpt3_jax.data.tokenizer``) travels with the checkpoint.
 
 ``restore`` is the one way back: it restores the items asked for into the shardings of the mesh
 given (any mesh: a run saved on one continues on another) and lays the parameters out as the
@@ -25,7 +28,6 @@ config wants. ``sharding.attach`` is where shardings meet abstract arrays.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -33,7 +35,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from gpt3_jax import sharding
+from gpt3_jax import paths, sharding
 from gpt3_jax.config import Config, config_from_dict
 from gpt3_jax.errors import UserError
 
@@ -45,7 +47,7 @@ TRAINING_ITEMS = ("params", "config", "opt_state", "meta", "data")
 
 
 def manager(
-    directory: str | Path,
+    directory: paths.PathLike,
     *,
     keep: int | None = None,
     async_save: bool = False,
@@ -54,25 +56,31 @@ def manager(
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True
     )
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=item_names)
+    return ocp.CheckpointManager(paths.absolute(directory), options=options, item_names=item_names)
 
 
-def resolve(path: str | Path) -> tuple[Path, int]:
-    """A workdir, manager root or step folder → (manager root, step). Latest complete step wins."""
-    p = Path(path)
+def resolve(path: paths.PathLike) -> tuple[paths.Path, int]:
+    """A workdir, manager root or step folder → (manager root, step). The latest step Orbax has
+    finalized wins; a step folder named directly must be finalized too."""
+    p = paths.as_path(path)
     if not p.exists():
         raise UserError(f"checkpoint {str(p)!r} not found; pass a run's workdir or a checkpoint directory")
     if (p / "checkpoints").is_dir():
         p = p / "checkpoints"
     if p.name.isdigit() and (p / "params").exists():
+        if not ocp.utils.is_checkpoint_finalized(p):
+            raise UserError(
+                f"{str(p)!r} is a checkpoint whose save was cut short; pass its run's workdir or "
+                "checkpoint root to use the latest complete one"
+            )
         return p.parent, int(p.name)
-    steps = sorted(int(c.name) for c in p.iterdir() if c.name.isdigit() and (c / "params").exists())
+    steps = sorted(ocp.utils.checkpoint_steps(p))
     if not steps:
-        raise UserError(f"{str(p)!r} holds no complete checkpoint (no step folder with params)")
+        raise UserError(f"{str(p)!r} holds no complete checkpoint (no finalized step folder)")
     return p, steps[-1]
 
 
-def tokenizer_path(path: str | Path) -> Path | None:
+def tokenizer_path(path: paths.PathLike) -> paths.Path | None:
     """The tokenizer file stored with a checkpoint (in its root, or its run's workdir), if any."""
     from gpt3_jax.data.tokenizer import find_tokenizer
 
@@ -80,7 +88,7 @@ def tokenizer_path(path: str | Path) -> Path | None:
     return find_tokenizer(root) or find_tokenizer(root.parent)
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: paths.PathLike) -> Config:
     root, step = resolve(path)
     mgr = manager(root, item_names=PARAMS_ONLY)
     try:
@@ -139,17 +147,17 @@ def stored_config(cfg: Config) -> Config:
 
 
 def save_params(
-    directory: str | Path,
+    directory: paths.PathLike,
     cfg: Config,
     params: nnx.State | dict[str, Any],
     *,
     step: int = 0,
-    tokenizer: Tokenizer | str | Path | None = None,
-) -> Path:
+    tokenizer: Tokenizer | paths.PathLike | None = None,
+) -> paths.Path:
     """Write a params-only checkpoint (what ``convert from-hf`` produces) and return its root.
 
     ``tokenizer`` (a ``Tokenizer``, or a path ``load_tokenizer`` takes) is stored beside the steps."""
-    root = Path(directory).absolute()
+    root = paths.absolute(directory)
     stored = _relayout(_pure(params), cfg, to_stored=True)
     mgr = manager(root, item_names=PARAMS_ONLY)
     mgr.save(
@@ -172,7 +180,7 @@ def save_params(
 
 
 def restore(
-    root: str | Path,
+    root: paths.PathLike,
     step: int,
     cfg: Config,
     *,
@@ -234,7 +242,7 @@ def restore(
 
 
 def load_model(
-    path: str | Path,
+    path: paths.PathLike,
     *,
     mesh: Mesh | None = None,
     rules: sharding.Rules | None = None,
@@ -258,7 +266,7 @@ def load_model(
     return cfg, nnx.merge(graphdef, params)
 
 
-def load_init_params(path: str | Path, cfg: Config, *, mesh: Mesh, rules: sharding.Rules) -> nnx.State:
+def load_init_params(path: paths.PathLike, cfg: Config, *, mesh: Mesh, rules: sharding.Rules) -> nnx.State:
     """Fine-tuning: parameters only, from a training run or a converted checkpoint, laid out for
     this run. A model of another shape is a UserError naming the first differing parameter."""
     from gpt3_jax.model import abstract_gpt
@@ -291,13 +299,14 @@ class Checkpointer:
     """A run's ``WORKDIR/checkpoints``: async saves of the train state and the data iterator's
     position, keeping the last ``checkpoint.keep``; restores onto any mesh."""
 
-    def __init__(self, workdir: str | Path, cfg: Config):
+    def __init__(self, workdir: paths.PathLike, cfg: Config):
         self.cfg = cfg
-        self.root = Path(workdir).absolute() / "checkpoints"
+        self.root = paths.absolute(workdir) / "checkpoints"
         self.mgr = manager(self.root, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
 
     def latest_step(self) -> int | None:
-        """The newest complete checkpoint (Orbax ignores the temp folder of a save cut short)."""
+        """The newest complete checkpoint (Orbax ignores a save cut short: the temporary folder of
+        one on a local disk, a step folder without its commit file in a bucket)."""
         return self.mgr.latest_step()
 
     def save(self, state: Any, data_state: dict[str, Any]) -> None:

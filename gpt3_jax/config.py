@@ -11,15 +11,17 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from gpt3_jax import paths
 from gpt3_jax.errors import UserError
 
 ATTENTION_TYPES = ("dense", "local")
 REMAT_POLICIES = ("none", "full", "save_dots")
 ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TRACKERS = ("tensorboard", "wandb")
+WORKDIR_PLACEHOLDER = "gs://YOUR_BUCKET/"  # presets for pods start run.workdir with it: it must be set
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -243,8 +245,27 @@ class CheckpointConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    workdir: str = "runs/default"
+    workdir: str = "runs/default"  # a local folder or gs://bucket/path (shared by every host on a pod)
     seed: int = 0
+    trackers: tuple[str, ...] = ("tensorboard",)  # beside metrics.jsonl: tensorboard, wandb
+
+    def __post_init__(self) -> None:
+        for tracker in self.trackers:
+            _require(
+                tracker in TRACKERS,
+                "run.trackers",
+                f"unknown tracker {tracker!r}; use entries from {list(TRACKERS)}",
+            )
+        _require(len(set(self.trackers)) == len(self.trackers), "run.trackers", "lists a tracker twice")
+
+    def require_workdir(self) -> None:
+        """A UserError when ``workdir`` is still a preset's placeholder bucket."""
+        _require(
+            not self.workdir.startswith(WORKDIR_PLACEHOLDER),
+            "run.workdir",
+            f"{self.workdir} is the preset's placeholder; set run.workdir={WORKDIR_PLACEHOLDER}... to "
+            "your bucket (or to a folder every host mounts; a local folder does for one host)",
+        )
 
 
 @dataclass(frozen=True)
@@ -307,7 +328,7 @@ def _scalars_to_lists(layer: dict[str, Any]) -> dict[str, Any]:
     return layer
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: paths.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides.
 
     Raises ``UserError`` (one line) on a missing file, bad YAML, an unknown key, a wrong type or
@@ -319,7 +340,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
     layers = [OmegaConf.structured(Config)]
     if path is not None:
-        p = Path(path)
+        p = paths.as_path(path)
         if not p.is_file():
             raise UserError(f"config file {str(p)!r} not found; pass a YAML file such as configs/tiny.yaml")
         try:

@@ -7,7 +7,7 @@ torch is installed) and returns our config and a ready ``GPT`` with attention pa
 ``vocab.json`` + ``merges.txt``), which the checkpoint then carries. ``to_hf`` writes a checkpoint
 back as ``config.json`` + ``model.safetensors`` that ``GPT2LMHeadModel.from_pretrained`` loads,
 plus, for a Hugging Face tokenizer, the files ``AutoTokenizer.from_pretrained`` loads. Neither
-direction needs torch for safetensors.
+direction needs torch for safetensors. Folders on either side may be ``gs://`` URLs.
 
 The weights are a rename table plus reshapes. GPT-2 stores its linear layers as ``Conv1D`` with
 weight [in, out], so no transposes are needed, only splits of fused axes:
@@ -28,11 +28,11 @@ Layer i lives at ``groups.blocks[j]`` with index ``g`` on its leading ``layers``
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gpt3_jax import paths
 from gpt3_jax.config import Config, ModelConfig
 from gpt3_jax.errors import UserError
 
@@ -46,9 +46,9 @@ IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of
 # --- reading a Hugging Face directory --------------------------------------------------------
 
 
-def read_hf_config(path: str | Path) -> ModelConfig:
+def read_hf_config(path: paths.PathLike) -> ModelConfig:
     """``config.json`` of a GPT-2 model → our ``ModelConfig`` (pattern ``["dense"]``)."""
-    file = Path(path) / "config.json"
+    file = paths.as_path(path) / "config.json"
     if not file.is_file():
         raise UserError(
             f"{str(file)!r} not found; pass a Hugging Face GPT-2 directory (save_pretrained output)"
@@ -87,9 +87,9 @@ def read_hf_config(path: str | Path) -> ModelConfig:
         raise UserError(f"{file}: {exc}") from None
 
 
-def read_hf_weights(path: str | Path) -> dict[str, np.ndarray]:
+def read_hf_weights(path: paths.PathLike) -> dict[str, np.ndarray]:
     """All tensors of a GPT-2 directory as float32 numpy arrays, names without ``transformer.``."""
-    path = Path(path)
+    path = paths.as_path(path)
     single, index, torch_bin = (
         path / "model.safetensors",
         path / "model.safetensors.index.json",
@@ -106,7 +106,8 @@ def read_hf_weights(path: str | Path) -> dict[str, np.ndarray]:
         tensors = {}
         for f in files:
             try:
-                tensors.update(load_file(f))
+                with paths.local_file(f) as local:
+                    tensors.update(load_file(local))
             except Exception as exc:  # safetensors raises its own error types
                 raise UserError(f"{f}: cannot read safetensors ({exc}); is the download complete?") from None
     elif torch_bin.is_file():
@@ -116,7 +117,8 @@ def read_hf_weights(path: str | Path) -> dict[str, np.ndarray]:
             raise UserError(
                 f"{torch_bin} needs torch to read; install torch or re-save the model with safetensors"
             ) from None
-        state = torch.load(torch_bin, map_location="cpu", weights_only=True)
+        with paths.local_file(torch_bin) as local:
+            state = torch.load(local, map_location="cpu", weights_only=True)
         tensors = {k: v.float().numpy() for k, v in state.items()}
     else:
         raise UserError(f"{str(path)!r} has no model.safetensors or pytorch_model.bin; nothing to convert")
@@ -177,12 +179,13 @@ def hf_to_params(cfg: ModelConfig, hf: dict[str, np.ndarray]) -> dict[str, Any]:
     return params
 
 
-def hf_tokenizer(path: str | Path, cfg: ModelConfig | None = None) -> Tokenizer | None:
+def hf_tokenizer(path: paths.PathLike, cfg: ModelConfig | None = None) -> Tokenizer | None:
     """The tokenizer of a Hugging Face directory (``tokenizer.json``, or ``vocab.json`` +
     ``merges.txt``), or None when it has none. One larger than ``cfg.vocab_size`` is a UserError."""
     from gpt3_jax.data.tokenizer import HF_VOCAB_FILES, load_tokenizer
 
-    found = [Path(path) / f for f in ("tokenizer.json", *HF_VOCAB_FILES) if (Path(path) / f).is_file()]
+    folder = paths.as_path(path)
+    found = [folder / f for f in ("tokenizer.json", *HF_VOCAB_FILES) if (folder / f).is_file()]
     if not found:
         return None
     tok = load_tokenizer(found[0])  # tokenizer.json, else vocab.json + merges.txt (both needed)
@@ -194,14 +197,14 @@ def hf_tokenizer(path: str | Path, cfg: ModelConfig | None = None) -> Tokenizer 
     return tok
 
 
-def from_hf(path: str | Path) -> tuple[Config, Any]:
+def from_hf(path: paths.PathLike) -> tuple[Config, Any]:
     """A Hugging Face GPT-2 directory → (our ``Config``, a ``GPT`` holding its weights, float32)."""
     import jax.numpy as jnp
     from flax import nnx
 
     from gpt3_jax.model import abstract_gpt, unstack_layers
 
-    path = Path(path)
+    path = paths.as_path(path)
     if not path.is_dir():
         raise UserError(f"{str(path)!r} is not a directory; pass a Hugging Face GPT-2 model directory")
     model_cfg = read_hf_config(path)
@@ -288,7 +291,9 @@ def hf_config(cfg: ModelConfig, eot_id: int | None = None) -> dict[str, Any]:
     }
 
 
-def to_hf(cfg: Config, params: Any, out_dir: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+def to_hf(
+    cfg: Config, params: Any, out_dir: paths.PathLike, tokenizer: Tokenizer | None = None
+) -> paths.Path:
     """Write ``config.json`` + ``model.safetensors`` for ``GPT2LMHeadModel.from_pretrained``, and
     a Hugging Face ``tokenizer`` as the files ``AutoTokenizer.from_pretrained`` loads (a
     SentencePiece one is not converted).
@@ -310,17 +315,16 @@ def to_hf(cfg: Config, params: Any, out_dir: str | Path, tokenizer: Tokenizer | 
             f"{hf_tok.path}: the tokenizer has {hf_tok.vocab_size} tokens but model.vocab_size is "
             f"{cfg.model.vocab_size}; it is not this model's tokenizer"
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     eot_id = None if hf_tok is None else hf_tok.eot_id
-    (out / "config.json").write_text(json.dumps(hf_config(cfg.model, eot_id), indent=2) + "\n")
-    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    if hf_tok is not None:
-        hf_tok.save_pretrained_files(out, model_max_length=cfg.model.n_ctx)
-    return out
+    with paths.staged_dir(out_dir) as out:  # safetensors writes a local file; uploaded at the end
+        (out / "config.json").write_text(json.dumps(hf_config(cfg.model, eot_id), indent=2) + "\n")
+        save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+        if hf_tok is not None:
+            hf_tok.save_pretrained_files(out, model_max_length=cfg.model.n_ctx)
+    return paths.as_path(out_dir)
 
 
-def checkpoint_to_hf(ckpt: str | Path, out_dir: str | Path) -> tuple[Config, Path]:
+def checkpoint_to_hf(ckpt: paths.PathLike, out_dir: paths.PathLike) -> tuple[Config, paths.Path]:
     """A checkpoint (workdir, manager root or step folder) → a Hugging Face GPT-2 directory, with
     the checkpoint's tokenizer when it is a Hugging Face one."""
     from flax import nnx

@@ -18,6 +18,11 @@ process because the JAX distributed service detected fatal errors ... another ta
 Stopping: with more than one process, SIGTERM reaches JAX's preemption notifier, and
 ``synced_stop(step, ...)`` is true on every process at the same step (the processes must save
 the same checkpoint and leave the loop together, or the next collective deadlocks).
+
+Shared storage: every process writes its shards of each checkpoint into ``run.workdir``, and
+process 0 prepares the data there for the others, so all of them must see the same folder (a
+``gs://`` bucket, or a filesystem mounted on every host). ``check_shared`` finds out in seconds,
+before anything waits on the others' files.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import argparse
 import logging
 import os
 import signal
+import time
 
 from gpt3_jax.errors import UserError
 
@@ -38,6 +44,7 @@ ENV_INIT_TIMEOUT = "GPT3_JAX_INIT_TIMEOUT"
 HEARTBEAT_TIMEOUT_S = 60  # a dead peer is noticed within this; JAX's default is 100
 INIT_TIMEOUT_S = 300  # how long process 0 waits for the others to join (hosts start unevenly)
 SHUTDOWN_TIMEOUT_S = 60  # at exit, how long a process waits for the others to finish too
+SHARED_CHECK_S = 5.0  # how long process 0 looks for the other processes' markers
 
 log = logging.getLogger(__name__)
 
@@ -210,3 +217,43 @@ def synced_stop(step: int, received: str | None) -> str | None:
     if multihost_utils.reached_preemption_sync_point(step):
         return received or "SIGTERM"
     return None
+
+
+def check_shared(folder: str | os.PathLike, key: str, timeout_s: float = SHARED_CHECK_S) -> None:
+    """With several processes, make sure they all see one ``folder`` (the value of config ``key``):
+    each writes a marker file into it, and process 0 looks for all of them. When it cannot see
+    them within ``timeout_s``, every process raises the same one-line UserError. One process:
+    nothing to check. Call it on every process at the same point.
+    """
+    if not multi_process():
+        return
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from gpt3_jax import paths
+
+    # a fresh marker folder for this check, named by process 0, so old markers never count
+    nonce = np.random.default_rng().integers(2**31) if is_primary() else 0
+    nonce = int(multihost_utils.broadcast_one_to_all(np.int32(nonce)))
+    markers = paths.as_path(folder) / ".processes" / f"{nonce:08x}"
+    paths.write_text(markers / str(jax.process_index()), f"{os.uname().nodename}\n")
+    multihost_utils.sync_global_devices(f"gpt3_jax.check_shared {key}")  # every marker is written
+    missing: list[int] = []
+    if is_primary():
+        deadline = time.monotonic() + timeout_s
+        missing = list(range(jax.process_count()))
+        while missing:
+            listed = {p.name for p in markers.iterdir()} if markers.is_dir() else set()
+            missing = [i for i in missing if str(i) not in listed and not (markers / str(i)).exists()]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        paths.remove(markers)
+    n_missing = int(multihost_utils.broadcast_one_to_all(np.int32(len(missing))))
+    if n_missing:
+        raise UserError(
+            f"{key}={folder} is not shared by the {jax.process_count()} processes (process 0 cannot "
+            f"see the marker files of {n_missing} of them there); use storage every host sees: "
+            f"{key}=gs://BUCKET/... or a filesystem mounted on all hosts"
+        )

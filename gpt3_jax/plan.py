@@ -43,6 +43,7 @@ class Plan:
     """
 
     devices: int
+    slices: int  # mesh.dcn_data: the data axis spans this many slices
     mesh: dict[str, int]
     dtype: str
     remat: str
@@ -146,6 +147,7 @@ def compile_plan(cfg: Config, devices: Sequence[Any] | None = None, progress: bo
     n_params, analytic = _analytic_flops(cfg)
     return Plan(
         devices=len(devices),
+        slices=cfg.mesh.dcn_data,
         mesh=dict(s.mesh.shape),
         dtype=cfg.model.dtype,
         remat=cfg.model.remat,
@@ -166,8 +168,14 @@ def format_plan(plan: Plan, hbm_gib: float | None = None) -> str:
     """The plan as a short human-readable table."""
     mesh = " × ".join(f"{k} {v}" for k, v in plan.mesh.items())
     by = plan.per_device_bytes
+    where = f"{plan.devices} devices"
+    if plan.slices > 1:
+        where += (
+            f" in {plan.slices} slices of {plan.devices // plan.slices} (simulated; the data axis "
+            f"spans them, {plan.slices}-way over DCN)"
+        )
     lines = [
-        f"{plan.devices} devices, mesh {mesh}; {plan.dtype} compute, remat {plan.remat}",
+        f"{where}, mesh {mesh}; {plan.dtype} compute, remat {plan.remat}",
         f"batch {plan.batch_size} × {plan.seq_len} tokens in {plan.micro_batches} micro-batch(es): "
         f"{plan.sequences_per_device:g} sequences per device per micro-batch",
         "per-device memory:",

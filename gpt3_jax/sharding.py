@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -198,20 +199,46 @@ def mesh_shape(cfg: Any, n_devices: int) -> dict[str, int]:
     return {"data": ici["data"] * cfg.dcn_data, "fsdp": ici["fsdp"], "tensor": ici["tensor"]}
 
 
+def slices(devices: Sequence[Any], n: int) -> list[list[Any]]:
+    """``devices`` grouped into ``n`` slices: by ``slice_index`` on a multi-slice TPU; otherwise
+    (CPU devices simulating slices in ``gpt3-jax plan --slices``, GPUs) in ``n`` equal blocks of
+    consecutive devices, which on a GPU cluster are hosts."""
+    if hasattr(devices[0], "slice_index"):
+        groups: dict[int, list[Any]] = {}
+        for d in devices:
+            groups.setdefault(d.slice_index, []).append(d)
+        if len(groups) != n:
+            raise UserError(
+                f"mesh.dcn_data={n} but the devices are in {len(groups)} slice(s); "
+                f"set mesh.dcn_data={len(groups)}"
+            )
+        return [groups[i] for i in sorted(groups)]
+    if len(devices) % n:
+        raise UserError(f"mesh.dcn_data={n} does not divide the {len(devices)} devices into equal slices")
+    k = len(devices) // n
+    return [list(devices[i * k : (i + 1) * k]) for i in range(n)]
+
+
 def make_mesh(cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """The (data, fsdp, tensor) mesh for a ``MeshConfig``. With ``mesh.dcn_data`` > 1, a hybrid
-    mesh whose data axis spans slices (ICI inside a slice, DCN between slices)."""
+    mesh whose data axis spans slices (ICI inside a slice, DCN between slices): each slice's
+    devices form one (data / dcn_data, fsdp, tensor) block, as jax's create_hybrid_device_mesh
+    lays them out, and the blocks are stacked along ``data``, so fsdp and tensor stay inside a
+    slice and only data parallelism crosses DCN."""
     devices = list(devices if devices is not None else jax.devices())
     sizes = mesh_shape(cfg, len(devices))
     shape = tuple(sizes[a] for a in MESH_AXES)
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    if cfg.dcn_data > 1 and hasattr(devices[0], "slice_index"):
-        from jax.experimental import mesh_utils
+    if cfg.dcn_data == 1:
+        return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=auto)
+    from jax.experimental import mesh_utils
 
-        ici = (shape[0] // cfg.dcn_data, shape[1], shape[2])
-        grid = mesh_utils.create_hybrid_device_mesh(ici, (cfg.dcn_data, 1, 1), devices)
-        return Mesh(grid, MESH_AXES, axis_types=auto)
-    return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=auto)
+    ici = (shape[0] // cfg.dcn_data, shape[1], shape[2])
+    blocks = [
+        mesh_utils.create_device_mesh(ici, group, allow_split_physical_axes=True)
+        for group in slices(devices, cfg.dcn_data)
+    ]
+    return Mesh(np.concatenate(blocks, axis=0), MESH_AXES, axis_types=auto)
 
 
 def data_parallel_size(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:

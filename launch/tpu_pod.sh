@@ -4,7 +4,8 @@
 # workers by itself on a TPU VM (gpt3_jax/distributed.py); no coordinator flags are needed.
 #
 #   launch/tpu_pod.sh --name gpt3 --zone us-east5-a --accelerator v5p-1024 --queued \
-#       -- train configs/gpt3-175b.yaml data.input=[/mnt/gcs/data] run.workdir=/mnt/gcs/gpt3-175b
+#       -- train configs/gpt3-175b.yaml data.input=[gs://BUCKET/data] run.workdir=gs://BUCKET/gpt3-175b
+#   launch/tpu_pod.sh --name gpt3 --zone us-east5-a --accelerator v5p-1024 --slices 2 -- train ...
 #   launch/tpu_pod.sh --name gpt3 --zone us-east5-a --logs      # stream worker 0's log again
 #   launch/tpu_pod.sh --name gpt3 --zone us-east5-a --stop      # SIGTERM: save a checkpoint, stop
 #   launch/tpu_pod.sh --name gpt3 --zone us-east5-a --delete    # tear the slice down
@@ -23,6 +24,9 @@ usage: launch/tpu_pod.sh --name NAME --zone ZONE [options] [-- GPT3_JAX_ARGS...]
   --version VERSION    TPU software version (default: the one for the accelerator's generation)
   --queued             create through a queued resource and wait until it is ACTIVE (large
                        slices and spot capacity are usually only available this way)
+  --slices N           N slices of --accelerator joined over the data-centre network (multi-slice;
+                       implies --queued): nodes NAME-0..NAME-(N-1), MEGASCALE_* set on every
+                       worker, and mesh.dcn_data=N added to a train command that sets none
   --spot               spot (preemptible) capacity
   --skip-install       reuse what an earlier run installed on the workers
   --logs               only stream worker 0's log
@@ -31,9 +35,9 @@ usage: launch/tpu_pod.sh --name NAME --zone ZONE [options] [-- GPT3_JAX_ARGS...]
   --dry-run            print the commands instead of running them
 
 GPT3_JAX_ARGS, after --, are passed verbatim to `gpt3-jax` on every worker, e.g.
-  -- train configs/gpt3-xl.yaml run.workdir=/mnt/gcs/runs/xl
-Checkpoints must go to storage all workers share (e.g. a bucket mounted with gcsfuse at
-/mnt/gcs on each; see docs/launch.md); the config path is relative to the copied checkout.
+  -- train configs/gpt3-xl.yaml run.workdir=gs://BUCKET/runs/xl
+run.workdir must be storage all workers share: a gs:// bucket (the workers' service account
+needs write access to it; see docs/launch.md); the config path is relative to the copied checkout.
 EOF
 }
 
@@ -42,7 +46,7 @@ die() {
   exit 2
 }
 
-name="" zone="" project="" accelerator="v5p-8" version="" queued=0 spot=0
+name="" zone="" project="" accelerator="v5p-8" version="" queued=0 spot=0 slices=1
 skip_install=0 action="train" dry_run=0
 args=()
 while [[ $# -gt 0 ]]; do
@@ -53,6 +57,7 @@ while [[ $# -gt 0 ]]; do
     --accelerator) accelerator=${2:?--accelerator needs a value}; shift 2 ;;
     --version) version=${2:?--version needs a value}; shift 2 ;;
     --queued) queued=1; shift ;;
+    --slices) slices=${2:?--slices needs a value}; shift 2 ;;
     --spot) spot=1; shift ;;
     --skip-install) skip_install=1; shift ;;
     --logs) action="logs"; shift ;;
@@ -67,6 +72,22 @@ done
 [[ -n $name ]] || die "--name is required (see --help)"
 [[ -n $zone ]] || die "--zone is required (see --help)"
 [[ $action != train || ${#args[@]} -gt 0 ]] || die "nothing to run: add -- train CONFIG [overrides...] (see --help)"
+[[ $slices =~ ^[1-9][0-9]*$ ]] || die "--slices must be a positive integer, got '$slices'"
+
+# The TPU VMs: one, or NAME-0 .. NAME-(N-1) for N slices (a multi-slice queued resource names
+# its nodes PREFIX-i; only queued resources create several slices at once).
+nodes=("$name")
+if ((slices > 1)); then
+  queued=1
+  nodes=()
+  for ((i = 0; i < slices; i++)); do
+    nodes+=("$name-$i")
+  done
+  # the mesh's data axis spans the slices: mesh.dcn_data=N, unless the command sets it
+  if [[ ${args[0]:-} == train && " ${args[*]} " != *" mesh.dcn_data="* ]]; then
+    args+=("mesh.dcn_data=$slices")
+  fi
+fi
 
 if [[ -z $version ]]; then
   case $accelerator in
@@ -125,13 +146,22 @@ remote_dir="$home/gpt3-jax"
 venv="$home/gpt3-jax-venv"
 log="$home/gpt3-jax-train.log"
 pid="$home/gpt3-jax-train.pid"
+megascale_port=8080
+
+# Run a command on every worker of one node (a slice), or of every node.
+ssh_node() {
+  run "${tpu_vm[@]}" ssh "$1" "${gflags[@]}" --worker=all --command="$2"
+}
 
 ssh_all() {
-  run "${tpu_vm[@]}" ssh "$name" "${gflags[@]}" --worker=all --command="$1"
+  local node
+  for node in "${nodes[@]}"; do
+    ssh_node "$node" "$1"
+  done
 }
 
 exists() {
-  ((dry_run == 0)) && "${tpu_vm[@]}" describe "$name" "${gflags[@]}" --format="value(state)" > /dev/null 2>&1
+  ((dry_run == 0)) && "${tpu_vm[@]}" describe "${nodes[0]}" "${gflags[@]}" --format="value(state)" > /dev/null 2>&1
 }
 
 create() {
@@ -139,11 +169,16 @@ create() {
     note "reusing TPU VM $name"
     return
   fi
-  note "creating $accelerator slice $name ($version)"
-  local extra=()
+  local extra=() nodes_flags=(--node-id="$name")
   ((spot == 0)) || extra+=(--spot)
+  if ((slices > 1)); then
+    note "creating $slices $accelerator slices ${nodes[*]} ($version)"
+    nodes_flags=(--node-count="$slices" --node-prefix="$name")
+  else
+    note "creating $accelerator slice $name ($version)"
+  fi
   if ((queued)); then
-    run "${queued_res[@]}" create "$name" --node-id="$name" "${gflags[@]}" \
+    run "${queued_res[@]}" create "$name" "${nodes_flags[@]}" "${gflags[@]}" \
       --accelerator-type="$accelerator" --runtime-version="$version" "${extra[@]}"
     note "waiting for the queued resource to become ACTIVE"
     if ((dry_run)); then
@@ -172,23 +207,49 @@ install() {
   fi
   note "copying this checkout (git HEAD) to every worker and installing it"
   run git -C "$repo" archive --format=tar.gz --prefix=gpt3-jax/ -o "$archive" HEAD
-  run "${tpu_vm[@]}" scp "$archive" "$name:gpt3-jax.tar.gz" "${gflags[@]}" --worker=all
+  local node
+  for node in "${nodes[@]}"; do
+    run "${tpu_vm[@]}" scp "$archive" "$node:gpt3-jax.tar.gz" "${gflags[@]}" --worker=all
+  done
   ssh_all "set -e; rm -rf $remote_dir && tar xzf ~/gpt3-jax.tar.gz -C ~ \
 && (command -v uv > /dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh) && export PATH=~/.local/bin:\$PATH \
 && uv venv --allow-existing --python 3.11 $venv && uv pip install --python $venv/bin/python -e $remote_dir'[tpu]'"
 }
 
+# Slices talk over the data-centre network through libtpu's megascale runtime, which needs on every
+# worker the slice count, its slice's id and a coordinator: worker 0 of slice 0 (JAX also numbers
+# the processes from these). Cloud TPU's multi-slice docs set the same four variables.
+megascale_env() {
+  local slice=$1 coordinator=$2
+  ((slices > 1)) || return 0
+  printf 'export MEGASCALE_COORDINATOR_ADDRESS=%s:%s MEGASCALE_NUM_SLICES=%s MEGASCALE_SLICE_ID=%s MEGASCALE_PORT=%s; ' \
+    "$coordinator" "$megascale_port" "$slices" "$slice" "$megascale_port"
+}
+
 start() {
-  local cmd
+  local cmd coordinator="" i
   cmd="$venv/bin/gpt3-jax $(quote_all "${args[@]}")"
+  if ((slices > 1)); then
+    note "the megascale coordinator: worker 0 of ${nodes[0]} (its internal IP; COORDINATOR_IP in a dry run)"
+    local query=("${tpu_vm[@]}" describe "${nodes[0]}" "${gflags[@]}" --format="value(networkEndpoints[0].ipAddress)")
+    if ((dry_run)); then
+      run "${query[@]}"
+      coordinator=COORDINATOR_IP
+    else
+      coordinator=$("${query[@]}")
+    fi
+    [[ -n $coordinator ]] || die "could not read the internal IP of ${nodes[0]}'s worker 0"
+  fi
   note "starting on every worker: gpt3-jax $(quote_all "${args[@]}")"
-  ssh_all "if [ -f $pid ] && kill -0 \$(cat $pid) 2> /dev/null; then echo 'a run is already going; use --stop first' >&2; \
-exit 1; fi; cd $remote_dir && setsid nohup $cmd > $log 2>&1 < /dev/null & echo \$! > $pid"
+  for ((i = 0; i < ${#nodes[@]}; i++)); do
+    ssh_node "${nodes[i]}" "if [ -f $pid ] && kill -0 \$(cat $pid) 2> /dev/null; then echo 'a run is already going; use --stop first' >&2; \
+exit 1; fi; $(megascale_env "$i" "$coordinator")cd $remote_dir && setsid nohup $cmd > $log 2>&1 < /dev/null & echo \$! > $pid"
+  done
 }
 
 logs() {
   note "worker 0's log (Ctrl-C stops the streaming, not the run)"
-  run "${tpu_vm[@]}" ssh "$name" "${gflags[@]}" --worker=0 --command="tail -n +1 -F $log"
+  run "${tpu_vm[@]}" ssh "${nodes[0]}" "${gflags[@]}" --worker=0 --command="tail -n +1 -F $log"
 }
 
 case $action in

@@ -119,3 +119,22 @@ def test_flops_per_token_by_hand(tiny_model_config) -> None:
     assert dense.model_attention_flops_per_token == layers * 6 * t * d  # the usual 6·L·T·d
     wide = count(dataclasses.replace(tiny_model_config, local_window=10 * t))
     assert wide.model_attention_flops_per_token == dense.model_attention_flops_per_token  # window covers T
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
+def test_pod_presets_stop_until_the_workdir_is_set(name: str, capsys) -> None:
+    """The presets for multi-host hardware default run.workdir to a placeholder bucket: training
+    with it stops at once, with one line naming the override; any other workdir passes."""
+    from gpt3_jax.cli import main
+    from gpt3_jax.config import WORKDIR_PLACEHOLDER
+
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.run.workdir == f"{WORKDIR_PLACEHOLDER}runs/{name}"
+    assert main(["train", str(CONFIGS / f"{name}.yaml"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: run.workdir: gs://YOUR_BUCKET/runs/{name} is the preset's placeholder; set "
+        "run.workdir=gs://YOUR_BUCKET/... to your bucket (or to a folder every host mounts; a local "
+        "folder does for one host)"
+    ]
+    load_config(CONFIGS / f"{name}.yaml", ["run.workdir=gs://my-bucket/runs/x"]).run.require_workdir()

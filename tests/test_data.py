@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -347,9 +348,9 @@ def test_prepare_training_data_caches_and_waits(tmp_path):
     assert results and results[0].dir == data.dir and results[0].tokenizer.checksum == data.tokenizer.checksum
     assert data.dir.parent == tmp_path / "data" and data.tokenizer.vocab_size == 400
     assert data.n_val_tokens > 0 and data.n_train_tokens > 50 * data.n_val_tokens
-    stamp = (data.dir / "metadata.json").stat().st_mtime_ns
+    stamp = os.stat(data.dir / "metadata.json").st_mtime_ns
     again = prepare_training_data(cfg, tmp_path, progress=False)  # cached: nothing rebuilt
-    assert again.dir == data.dir and (data.dir / "metadata.json").stat().st_mtime_ns == stamp
+    assert again.dir == data.dir and os.stat(data.dir / "metadata.json").st_mtime_ns == stamp
     # an already-prepared folder as data.input, checked against data.tokenizer
     assert (
         prepare_training_data(cfg.replace(data=DataConfig(input=(str(data.dir),))), tmp_path).dir == data.dir

@@ -65,6 +65,22 @@ def _option(argv: list[str], name: str) -> str:
     return values[0]
 
 
+def _run_as_worker(command: str, home: Path, env: dict[str, str], record: str, ready) -> None:
+    """Run a worker's start command in a shell, as its TPU VM would: HOME holds the checkout and a
+    venv whose ``gpt3-jax`` is a stub with the bash body ``record``. The run starts in the
+    background: wait until ``ready()``."""
+    (home / "gpt3-jax").mkdir(parents=True)
+    (home / "gpt3-jax-venv" / "bin").mkdir(parents=True)
+    _stub(home / "gpt3-jax-venv" / "bin", "gpt3-jax", record)
+    subprocess.run(
+        ["bash", "-c", command], env={**env, "HOME": str(home)}, cwd=home.parent, check=True, timeout=30
+    )
+    for _ in range(100):
+        if ready():
+            break
+        subprocess.run(["sleep", "0.05"])
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_bash_syntax(script: Path) -> None:
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -127,22 +143,10 @@ def test_tpu_dry_run_queued(stub_path: tuple[dict[str, str], Path], tmp_path: Pa
     assert _option(logs, "--worker") == "0" and "tail" in _option(logs, "--command")
 
     # The start command, run by a shell as a worker would, passes the arguments through unchanged.
-    home = tmp_path / "home"
-    (home / "gpt3-jax").mkdir(parents=True)
-    (home / "gpt3-jax-venv" / "bin").mkdir(parents=True)
-    got = tmp_path / "argv"
-    _stub(home / "gpt3-jax-venv" / "bin", "gpt3-jax", f'printf "%s\\0" "$@" > {shlex.quote(str(got))}\n')
-    subprocess.run(
-        ["bash", "-c", _option(start, "--command")],
-        env={**env, "HOME": str(home)},
-        cwd=tmp_path,
-        check=True,
-        timeout=30,
-    )
-    for _ in range(100):  # the worker command starts the run in the background
-        if got.exists() and (home / "gpt3-jax-train.pid").exists():
-            break
-        subprocess.run(["sleep", "0.05"])
+    home, got = tmp_path / "home", tmp_path / "argv"
+    record = f'printf "%s\\0" "$@" > {shlex.quote(str(got))}\n'
+    ready = lambda: got.exists() and (home / "gpt3-jax-train.pid").exists()
+    _run_as_worker(_option(start, "--command"), home, env, record, ready)
     assert got.read_text().split("\0")[:-1] == TRICKY_ARGS
 
 
@@ -168,6 +172,90 @@ def test_tpu_dry_run_direct_and_delete(stub_path: tuple[dict[str, str], Path]) -
     assert not calls.exists()
 
 
+def test_tpu_dry_run_two_slices(stub_path: tuple[dict[str, str], Path], tmp_path: Path) -> None:
+    """--slices 2: one queued resource of two nodes, the checkout on both, and on every worker
+    the MEGASCALE variables of its slice and a train command with mesh.dcn_data=2."""
+    env, calls = stub_path
+    base = [
+        "--dry-run",
+        "--name",
+        "gpt3",
+        "--zone",
+        "us-east5-a",
+        "--accelerator",
+        "v5p-1024",
+        "--slices",
+        "2",
+    ]
+    result = _tpu(env, *base, "--spot", "--", "train", "configs/gpt3-175b.yaml", "run.workdir=gs://b/run")
+    assert result.returncode == 0, result.stderr
+    assert not calls.exists(), "a dry run called gcloud"
+    gcloud = [c for c in _commands(result.stdout) if c[0] == "gcloud"]
+
+    create = gcloud[0]
+    assert create[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "gpt3"]
+    assert _option(create, "--node-count") == "2" and _option(create, "--node-prefix") == "gpt3"
+    assert not any(a.startswith("--node-id") for a in create) and "--spot" in create
+    assert [c[6] for c in gcloud if c[3:5] == ["tpu-vm", "scp"]] == [
+        "gpt3-0:gpt3-jax.tar.gz",
+        "gpt3-1:gpt3-jax.tar.gz",
+    ]
+    describe = next(c for c in gcloud if c[3:5] == ["tpu-vm", "describe"])
+    assert describe[5] == "gpt3-0" and "networkEndpoints[0].ipAddress" in _option(describe, "--format")
+    ssh = [c for c in gcloud if c[3:5] == ["tpu-vm", "ssh"]]
+    starts = [c for c in ssh if "setsid" in _option(c, "--command")]
+    assert [c[5] for c in starts] == ["gpt3-0", "gpt3-1"]
+    assert all(_option(c, "--worker") == "all" for c in starts)
+    logs = ssh[-1]
+    assert logs[5] == "gpt3-0" and _option(logs, "--worker") == "0"
+
+    # Each slice's start command, run as its workers would: the train arguments plus
+    # mesh.dcn_data=2, and the environment libtpu's megascale runtime and JAX read.
+    for slice_id, start in enumerate(starts):
+        home, got = tmp_path / f"home{slice_id}", tmp_path / f"argv{slice_id}"
+        record = 'printf "%s\\0" "$@" "$MEGASCALE_COORDINATOR_ADDRESS" "$MEGASCALE_NUM_SLICES" '
+        record += f'"$MEGASCALE_SLICE_ID" "$MEGASCALE_PORT" > {shlex.quote(str(got))}\n'
+        _run_as_worker(
+            _option(start, "--command"),
+            home,
+            env,
+            record,
+            lambda got=got: got.exists() and got.read_text().count("\0") == 8,
+        )
+        assert got.read_text().split("\0")[:-1] == [
+            "train",
+            "configs/gpt3-175b.yaml",
+            "run.workdir=gs://b/run",
+            "mesh.dcn_data=2",
+            "COORDINATOR_IP:8080",
+            "2",
+            str(slice_id),
+            "8080",
+        ]
+
+    # a command that sets mesh.dcn_data keeps its own; stop reaches both slices; delete the resource
+    own = _tpu(env, *base, "--skip-install", "--", "train", "c.yaml", "mesh.dcn_data=2")
+    assert own.stdout.count("mesh.dcn_data=2") == 3  # the note and two start commands, once each
+    stop = _commands(_tpu(env, *base, "--stop").stdout)
+    assert [c[5] for c in stop] == ["gpt3-0", "gpt3-1"] and all(
+        "kill -TERM" in _option(c, "--command") for c in stop
+    )
+    deleted = _commands(_tpu(env, *base, "--delete").stdout)
+    assert deleted == [
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "queued-resources",
+            "delete",
+            "gpt3",
+            "--zone=us-east5-a",
+            "--force",
+            "--quiet",
+        ]
+    ]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -176,6 +264,7 @@ def test_tpu_dry_run_direct_and_delete(stub_path: tuple[dict[str, str], Path]) -
         (["--name", "n", "--zone", "z"], "nothing to run"),
         (["--name", "n", "--zone", "z", "--accelerator", "tpu9-8", "--", "train", "c"], "pass --version"),
         (["--name", "n", "--zone", "z", "--bogus"], "unknown option '--bogus'"),
+        (["--name", "n", "--zone", "z", "--slices", "0", "--", "train", "c"], "--slices must be a positive"),
     ],
 )
 def test_tpu_bad_arguments(stub_path: tuple[dict[str, str], Path], args: list[str], message: str) -> None:

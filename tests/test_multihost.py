@@ -237,6 +237,54 @@ def test_sigterm_stops_every_process_at_the_same_step(tmp_path: Path) -> None:
     assert f"STOPPED 1 {step0} SIGTERM" in log1, (out, log1)
 
 
+def test_check_shared_sees_one_folder_or_fails_on_every_process(tmp_path: Path) -> None:
+    """``distributed.check_shared``: a folder both processes write to passes (and its markers are
+    cleaned up); one folder per process is a UserError on both."""
+    worker = _script(
+        tmp_path,
+        f"""
+        import jax
+        from gpt3_jax.errors import UserError
+        shared = {str(tmp_path / "shared")!r}
+        distributed.check_shared(shared, "run.workdir")
+        print("SHARED OK", flush=True)
+        try:
+            distributed.check_shared(f"{{shared}}-{{jax.process_index()}}", "run.workdir", timeout_s=2)
+        except UserError as exc:
+            print(f"NOT SHARED {{exc}}", flush=True)
+        """,
+    )
+    rc, out = _finish(_local(2, 1, ["worker"], _env(tmp_path, GPT3_JAX=worker)), timeout=120)
+    log1 = (tmp_path / "logs" / "process_1.log").read_text()
+    assert rc == 0, out
+    for text in (out, log1):
+        assert "SHARED OK" in text
+        assert "NOT SHARED run.workdir=" in text and "is not shared by the 2 processes" in text
+        assert "run.workdir=gs://BUCKET/... or a filesystem mounted on all hosts" in text
+    assert not list((tmp_path / "shared" / ".processes").iterdir())  # process 0 removed the markers
+
+
+def test_train_with_a_workdir_per_host_stops_in_seconds(tmp_path: Path) -> None:
+    """Two processes, each given its own local run.workdir (as two hosts with local disks would
+    be): both stop within 30 s with one line naming the fix, and exit code 2."""
+    wrapper = tmp_path / "gpt3-jax-own-workdir.sh"
+    wrapper.write_text(
+        f'exec {sys.executable} -m gpt3_jax "$@" "run.workdir={tmp_path}/host$GPT3_JAX_PROCESS_ID"\n'
+    )
+    args = ["train", str(ROOT / "configs" / "tiny.yaml"), "--no-progress"]
+    started = time.monotonic()
+    rc, out = _finish(_local(2, 1, args, _env(tmp_path, GPT3_JAX=f"bash {wrapper}")), timeout=120)
+    took = time.monotonic() - started
+    log1 = (tmp_path / "logs" / "process_1.log").read_text()
+    assert rc == 2, out
+    assert took < 30, f"the processes took {took:.0f}s to stop"
+    for text in (out, log1):
+        errors = [line for line in text.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "run.workdir=" in errors[0] and "not shared" in errors[0], text
+        assert "Traceback" not in text
+        assert "run.workdir=gs://BUCKET/... or a filesystem mounted on all hosts" in errors[0]
+
+
 # --- training on several processes (slow: each run is tens of seconds on 2 shared cores) -------
 
 STEPS = 30

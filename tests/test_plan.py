@@ -79,6 +79,52 @@ def test_plan_compiles_the_trainers_step(monkeypatch, capsys):
     assert lowered[0].as_text() == trainer.as_text()
 
 
+def test_plan_slices_shard_within_a_slice(capsys):
+    """``--slices 2``: the 8 devices form two simulated slices, mesh.dcn_data=2 puts data
+    parallelism across them, so fsdp covers a slice's 4 devices and each device holds twice the
+    parameter bytes of the one-slice fsdp-8 plan."""
+    base = ["plan", "configs/tiny.yaml", "--devices", "8", *TINY, "--json"]
+    assert main([*base, "--slices", "2", "mesh.fsdp=-1"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert main([*base, "mesh.fsdp=8"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert two["slices"] == 2 and two["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert one["slices"] == 1 and one["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    ratio = two["per_device_bytes"]["params"] / one["per_device_bytes"]["params"]
+    assert 1.8 < ratio <= 2.0  # small unsharded leaves (LayerNorms) are whole in both
+    assert main(["plan", "configs/tiny.yaml", "--devices", "8", *TINY, "--slices", "2", "mesh.fsdp=-1"]) == 0
+    assert "8 devices in 2 slices of 4 (simulated; the data axis spans them, 2-way over DCN)" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--devices", "8", "--slices", "3"], "--slices 3: must be a positive divisor of --devices 8"),
+        (["--devices", "8", "--slices", "2", "mesh.dcn_data=4"], "--slices 2 but mesh.dcn_data=4"),
+    ],
+)
+def test_plan_bad_slices_are_one_line_errors(args, message, capsys):
+    assert main(["plan", "configs/tiny.yaml", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}")
+
+
+def _plan_in_subprocess(*args: str) -> dict:
+    """``gpt3-jax plan ARGS --json`` in a fresh process (which sets its own device count)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "-m", "gpt3_jax", "plan", *args, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
 @pytest.mark.slow
 def test_plan_175b_on_512_devices_fits_v5p():
     """MaxText's 175B layout on a TPU v5p-1024 (512 chips): fsdp 64 × tensor 8, 4 sequences of
@@ -91,17 +137,22 @@ def test_plan_175b_on_512_devices_fits_v5p():
         "train.micro_batches=1",
         "model.remat=full",
     ]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI sets its own
-    out = subprocess.run(
-        [sys.executable, "-m", "gpt3_jax", "plan", cfg, "--devices", "512", *over, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    plan = json.loads(out.stdout)
+    plan = _plan_in_subprocess(cfg, "--devices", "512", *over)
     assert plan["devices"] == 512 and plan["mesh"] == {"data": 1, "fsdp": 64, "tensor": 8}
     assert plan["sequences_per_device"] == 4
     assert plan["per_device_bytes"]["total"] <= 95 * GiB
     assert plan["compile_seconds"] < 120
+
+
+@pytest.mark.slow
+def test_plan_175b_on_two_v5p_slices():
+    """The 175B preset on two simulated v5p-1024 slices (2 × 512 chips): data parallelism across
+    the slices, fsdp 64 × tensor 8 inside each; per-device memory must fit a v5p's 95 GiB."""
+    over = ["mesh.fsdp=64", "mesh.tensor=8"]
+    plan = _plan_in_subprocess("configs/gpt3-175b.yaml", "--devices", "1024", "--slices", "2", *over)
+    assert plan["devices"] == 1024 and plan["slices"] == 2
+    assert plan["mesh"] == {"data": 2, "fsdp": 64, "tensor": 8}
+    by = plan["per_device_bytes"]
+    assert 0 < by["total"] <= 95 * GiB
+    # parameters are sharded over one slice's 512 devices (fsdp × tensor), not all 1024
+    assert by["params"] == pytest.approx(plan["params"] * 4 / 512, rel=0.05)

@@ -189,3 +189,27 @@ def test_cli_mesh_and_batch_errors_exit_2(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not divisible by the data-parallel size 8" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_dcn_mesh_keeps_fsdp_and_tensor_inside_a_slice() -> None:
+    """mesh.dcn_data=2 on 8 devices without slice_index (CPU: simulated slices of 4 consecutive
+    devices): each slice is one (data 1, fsdp 2, tensor 2) block, stacked along data."""
+    cfg = MeshConfig(dcn_data=2, fsdp=2, tensor=2)
+    mesh = sharding.make_mesh(cfg, jax.devices()[:8])
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    ids = np.vectorize(lambda d: d.id)(mesh.devices)
+    assert sorted(ids[0].ravel()) == [0, 1, 2, 3] and sorted(ids[1].ravel()) == [4, 5, 6, 7]
+
+
+def test_slices_follow_slice_index() -> None:
+    """On a multi-slice TPU the devices' slice_index decides the slices, in whatever order
+    jax.devices() lists them; a mesh.dcn_data that is not the slice count is a UserError."""
+    from types import SimpleNamespace
+
+    devices = [SimpleNamespace(id=i, slice_index=i % 2) for i in range(8)]
+    groups = sharding.slices(devices, 2)
+    assert [[d.id for d in g] for g in groups] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    with pytest.raises(UserError, match=r"mesh.dcn_data=4 but the devices are in 2 slice\(s\)"):
+        sharding.slices(devices, 4)
+    cpus = [SimpleNamespace(id=i) for i in range(6)]
+    assert [[d.id for d in g] for g in sharding.slices(cpus, 3)] == [[0, 1], [2, 3], [4, 5]]

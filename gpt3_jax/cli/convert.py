@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -12,7 +11,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="convert weights between Hugging Face GPT-2 and gpt3_jax checkpoints",
         description="GPT-2 is GPT-3 with dense attention everywhere, so its public weights convert "
         "both ways. Safetensors are read and written with numpy; torch is needed only for a "
-        "pytorch_model.bin.",
+        "pytorch_model.bin. Every folder may be local or a gs:// URL.",
     )
     sub = parser.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
     p = sub.add_parser(
@@ -45,11 +44,11 @@ def run_from_hf(args: argparse.Namespace) -> int:
     import jax
     from flax import nnx
 
-    from gpt3_jax import checkpoint, convert
+    from gpt3_jax import checkpoint, convert, paths
     from gpt3_jax.errors import UserError
     from gpt3_jax.info import human
 
-    out = Path(args.out_dir)
+    out = paths.as_path(args.out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{str(out)!r} already exists and is not empty; choose a new OUT_DIR")
     cfg, model = convert.from_hf(args.hf_dir)

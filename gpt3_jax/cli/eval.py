@@ -19,8 +19,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "With --task, the accuracy on a task file (JSON lines of multiple-choice or completion "
         "examples) at --shots K shots, as the GPT-3 paper measures it (docs/evaluation.md).",
     )
-    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="run workdir or checkpoint dir")
-    parser.add_argument("--input", nargs="+", metavar="PATH", help="text files, folders or JSONL(.gz)")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="DIR", help="run workdir or checkpoint dir (local or gs://)"
+    )
+    parser.add_argument(
+        "--input", nargs="+", metavar="PATH", help="text files, folders or JSONL(.gz), local or gs://"
+    )
     parser.add_argument(
         "--task",
         metavar="FILE",
@@ -70,13 +74,12 @@ def _input_ids(lm, paths: list[str]):
 
 def _validation_ids(lm, checkpoint: str):
     """The validation split of the data the checkpoint's run was trained on (prepared, cached)."""
-    from pathlib import Path
-
+    from gpt3_jax import paths
     from gpt3_jax.checkpoint import resolve
     from gpt3_jax.data import prepare_training_data
 
     root, _ = resolve(checkpoint)
-    workdir = root.parent if root.name == "checkpoints" else Path(lm.cfg.run.workdir)
+    workdir = root.parent if root.name == "checkpoints" else paths.as_path(lm.cfg.run.workdir)
     stream = prepare_training_data(lm.cfg, workdir).val_stream()
     return stream.read(0, len(stream))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +14,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Prefill the prompt in one pass, then decode with a KV cache inside one jitted "
         "loop. Text streams to the terminal as it is produced; --json prints ids, text and speed.",
     )
-    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="run workdir or checkpoint dir")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="DIR", help="run workdir or checkpoint dir (local or gs://)"
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", metavar="TEXT", help="prompt text")
     src.add_argument("--prompt-file", metavar="F", help="file holding the prompt text")
@@ -49,7 +50,9 @@ def _prompt(args: argparse.Namespace, lm) -> list[int]:
                 f"--prompt-ids {args.prompt_ids!r} is not comma-separated integers (1,2,3)"
             ) from None
     if args.prompt_file is not None:
-        path = Path(args.prompt_file)
+        from gpt3_jax import paths
+
+        path = paths.as_path(args.prompt_file)
         if not path.is_file():
             raise UserError(f"prompt file {str(path)!r} not found")
         text = path.read_text()

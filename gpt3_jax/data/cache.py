@@ -2,19 +2,20 @@
 
 Both the tokenizer and the token stream are cached under ``data.cache_dir`` (default
 ``<workdir>/data``) in folders named by a hash of what they are made from, so a second run reuses
-them and a changed input makes new ones. With several JAX processes on a shared filesystem, only
-process 0 builds; the others wait for the finished folder to appear.
+them and a changed input makes new ones. The cache may be a local folder or a ``gs://`` URL. With
+several JAX processes on shared storage, only process 0 builds; the others wait for what marks the
+work done (the tokenizer file, written atomically; the prepared data's ``metadata.json``, written
+last) to appear.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
+from gpt3_jax import paths
 from gpt3_jax.config import Config
 from gpt3_jax.data.corpus import corpus_files, corpus_fingerprint
 from gpt3_jax.data.prepare import prepare_data, summary
@@ -31,7 +32,7 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _wait_for(marker: Path, what: str, timeout_s: float) -> None:
+def _wait_for(marker: paths.Path, what: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not marker.exists():
         if time.monotonic() > deadline:
@@ -54,7 +55,7 @@ def _check_vocab(tokenizer: Tokenizer, cfg: Config) -> None:
 
 def prepare_training_data(
     cfg: Config,
-    workdir: str | Path,
+    workdir: paths.PathLike,
     *,
     process_index: int = 0,
     timeout_s: float = 3600.0,
@@ -76,7 +77,7 @@ def prepare_training_data(
     else:
         files = corpus_files(d.corpus, d.max_corpus_bytes)
         source_key = ["corpus", corpus_fingerprint(d.corpus, d.max_corpus_bytes, files)]
-    cache = Path(d.cache_dir or Path(workdir) / "data")
+    cache = paths.as_path(d.cache_dir) if d.cache_dir else paths.as_path(workdir) / "data"
     builder = process_index == 0
 
     if d.tokenizer:
@@ -86,11 +87,8 @@ def prepare_training_data(
         tok_dir = cache / f"tokenizer-{d.tokenizer_type}-{vocab}-{_key(source_key, d.tokenizer_type, vocab)}"
         tok_file = tok_dir / SPM_FILE
         if not tok_file.is_file():
-            if builder:
-                tmp = cache / f".{tok_dir.name}.partial"
-                shutil.rmtree(tmp, ignore_errors=True)
-                train_tokenizer([f.path for f in files], vocab, tmp, d.tokenizer_type, progress=progress)
-                tmp.replace(tok_dir)  # whole folder at once: the others see the model or nothing
+            if builder:  # the model file is written atomically: the others see all of it or nothing
+                train_tokenizer([f.path for f in files], vocab, tok_dir, d.tokenizer_type, progress=progress)
             else:
                 _wait_for(tok_file, "the tokenizer", timeout_s)
         tokenizer = load_tokenizer(tok_file)

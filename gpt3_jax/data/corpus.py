@@ -18,6 +18,7 @@ import platform
 import sysconfig
 from pathlib import Path
 
+from gpt3_jax import paths
 from gpt3_jax.data.sources import InputFile
 from gpt3_jax.errors import UserError
 
@@ -51,16 +52,16 @@ def corpus_files(name: str, max_bytes: int = 0) -> list[InputFile]:
     """
     if name not in CORPORA:
         raise UserError(f"unknown data.corpus {name!r}; use one of {list(CORPORA)} or give data.input paths")
-    paths = _stdlib_files() if name == "stdlib" else [SHAKESPEARE]
+    found = _stdlib_files() if name == "stdlib" else [SHAKESPEARE]
     files: list[InputFile] = []
     total = 0
-    for path in paths:
+    for path in found:
         if not path.is_file():
             raise UserError(f"{path} is missing from this install of gpt3_jax; reinstall the package")
         size = path.stat().st_size
         if max_bytes and files and total + size > max_bytes:
             continue  # a smaller file later on may still fit
-        files.append(InputFile(path, size, jsonl=False, explicit=False))
+        files.append(InputFile(paths.as_path(path), size, jsonl=False, explicit=False))
         total += size
     if not files:
         raise UserError(f"the {name!r} corpus is empty on this machine; give data.input paths instead")

@@ -3,8 +3,9 @@
 Documents are joined GPT-3 style: each one is followed by the end-of-text id, with no padding and
 no cross-document mask. The main process reads and groups the text; a pool of worker processes
 tokenizes the groups; results come back in order, so the stream does not depend on the number of
-workers. Everything is written to a temporary folder that is renamed into place at the end, so a
-reader sees a complete folder or none.
+workers. The shards go straight into the output folder (local or ``gs://``) and ``metadata.json``
+is written last: a reader takes the folder as prepared data only once that marker is there, so
+it never sees part of a stream (see ``gpt3_jax.paths``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import datetime
 import json
 import multiprocessing
 import os
-import shutil
+import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gpt3_jax import paths
 from gpt3_jax.data.prepared import FORMAT, METADATA, PreparedData
 from gpt3_jax.data.sources import InputFile, Piece, batched, iter_pieces
 from gpt3_jax.data.tokenizer import Tokenizer, token_dtype
@@ -27,6 +28,7 @@ from gpt3_jax.errors import UserError
 
 SHARD_TOKENS = 1 << 28  # 256 Mi tokens: 512 MiB of uint16 per shard
 _CHUNK_BYTES = 1 << 20  # text per unit of parallel work
+_OUR_FILES = re.compile(r"tokens_\d{5}\.bin|metadata\.json|tokenizer\.(model|json)")  # what we write
 
 _worker_tokenizer: Tokenizer | None = None
 
@@ -66,7 +68,7 @@ def _tokenized(
 
 
 class _ShardWriter:
-    def __init__(self, folder: Path, dtype: np.dtype, shard_tokens: int):
+    def __init__(self, folder: paths.Path, dtype: np.dtype, shard_tokens: int):
         self.folder, self.dtype, self.shard_tokens = folder, dtype, shard_tokens
         self.shards: list[dict[str, Any]] = []
         self._file = None
@@ -84,7 +86,7 @@ class _ShardWriter:
     def _next(self) -> None:
         self.close()
         name = f"tokens_{len(self.shards):05d}.bin"
-        self._file = open(self.folder / name, "wb")  # noqa: SIM115
+        self._file = (self.folder / name).open("wb")
         self.shards.append({"file": name, "tokens": 0})
 
     def close(self) -> None:
@@ -93,10 +95,28 @@ class _ShardWriter:
             self._file = None
 
 
+def _clear(out: paths.Path) -> None:
+    """Make ``out`` ready for a new stream: remove an earlier one (its marker first, so that no
+    reader takes the folder as complete meanwhile) or what a run cut short left there. Files of
+    any other kind are not ours to delete: a UserError."""
+    if not out.exists():
+        return
+    entries = list(out.iterdir()) if out.is_dir() else [out]
+    foreign = [e.name for e in entries if not _OUR_FILES.fullmatch(e.name)]
+    if foreign or not out.is_dir():
+        raise UserError(
+            f"{out} exists and is not prepared data (it holds {foreign[0]!r}); "
+            "pass an empty or new folder to --out"
+        )
+    paths.remove(out / METADATA)
+    for entry in entries:
+        paths.remove(entry)
+
+
 def prepare_data(
     files: Sequence[InputFile],
     tokenizer: Tokenizer,
-    out_dir: str | Path,
+    out_dir: paths.PathLike,
     *,
     val_fraction: float = 0.01,
     workers: int | None = None,
@@ -105,7 +125,8 @@ def prepare_data(
     shard_tokens: int = SHARD_TOKENS,
     chunk_bytes: int = _CHUNK_BYTES,
 ) -> PreparedData:
-    """Tokenize ``files`` into ``out_dir`` (replacing an earlier prepared folder there).
+    """Tokenize ``files`` into ``out_dir``, a local folder or a ``gs://`` URL (replacing an earlier
+    prepared folder there).
 
     Args:
         val_fraction: share of the stream, taken from its tail, held out for validation.
@@ -116,17 +137,15 @@ def prepare_data(
 
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val fraction {val_fraction} must be in [0, 1)")
-    out = Path(out_dir)
-    if out.exists() and not (out / METADATA).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not prepared data; pass an empty or new folder to --out")
+    out = paths.as_path(out_dir)
+    _clear(out)
     total = sum(f.size for f in files)
     if workers is None:
         workers = (os.cpu_count() or 1) if total >= 2 * chunk_bytes else 1
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    writer = _ShardWriter(out, token_dtype(tokenizer.vocab_size), shard_tokens)
     try:
-        writer = _ShardWriter(tmp, token_dtype(tokenizer.vocab_size), shard_tokens)
         skipped: list[str] = []
         n_tokens = n_invalid = n_docs = 0
         groups = batched(iter_pieces(files, skipped), chunk_bytes)
@@ -141,7 +160,7 @@ def prepare_data(
         if n_tokens == n_docs:  # nothing but end-of-text ids
             raise UserError("the input holds no text (empty files only); pass non-empty text or JSONL files")
         n_val = int(round(n_tokens * val_fraction))
-        tokenizer.save(tmp)
+        tokenizer.save(out)
         meta = {
             "format": FORMAT,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -162,12 +181,13 @@ def prepare_data(
             "shards": writer.shards,
             "sources": sources if sources is not None else [str(f.path) for f in files],
         }
-        (tmp / METADATA).write_text(json.dumps(meta, indent=1))  # written last: marks completion
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        paths.write_text(out / METADATA, json.dumps(meta, indent=1))  # written last: marks completion
+    except BaseException:
+        writer.close()
+        _clear(out)  # no marker, no stream: nothing half-made stays behind
+        if created:
+            paths.remove(out)
+        raise
     return PreparedData.load(out, tokenizer)
 
 

@@ -7,18 +7,20 @@ Layout of a prepared folder::
     tokens_00000.bin ...   the stream: documents joined by end-of-text, raw little-endian uint16/32
 
 The stream is one sequence split across shards; its first ``n_train_tokens`` are the training split
-and the rest, the tail, the validation split. Shards are memory-mapped, never read whole.
+and the rest, the tail, the validation split. Local shards are memory-mapped, shards in a bucket
+(``gs://``) read window by window with ranged reads; neither is ever read whole. ``metadata.json``
+is written last: a folder without it is not (yet) prepared data.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gpt3_jax import paths
 from gpt3_jax.data.tokenizer import Tokenizer, load_tokenizer
 from gpt3_jax.errors import UserError
 
@@ -32,12 +34,12 @@ class TokenStream:
     Picklable by paths (grain worker processes reopen the memory maps rather than copy them).
     """
 
-    def __init__(self, shards: list[tuple[Path, int]], dtype: np.dtype, start: int, stop: int):
-        self._shards = [(Path(p), int(n)) for p, n in shards if n > 0]
+    def __init__(self, shards: list[tuple[paths.PathLike, int]], dtype: np.dtype, start: int, stop: int):
+        self._shards = [(paths.as_path(p), int(n)) for p, n in shards if n > 0]
         self._dtype = np.dtype(dtype)
         self._offsets = np.cumsum([0] + [n for _, n in self._shards])  # stream position of each shard
         self.start, self.stop = start, stop
-        self._maps: list[np.memmap] | None = None
+        self._maps: list[Any] | None = None
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -45,9 +47,15 @@ class TokenStream:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_maps": None}
 
-    def _open(self) -> list[np.memmap]:
+    def _open(self) -> list[Any]:
+        """Per shard, what slices into its tokens: a memory map, or a ``_RemoteShard``."""
         if self._maps is None:
-            self._maps = [np.memmap(p, dtype=self._dtype, mode="r", shape=(n,)) for p, n in self._shards]
+            self._maps = [
+                _RemoteShard(p, self._dtype, n)
+                if paths.is_remote(p)
+                else np.memmap(p, dtype=self._dtype, mode="r", shape=(n,))
+                for p, n in self._shards
+            ]
         return self._maps
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -69,11 +77,26 @@ class TokenStream:
         return out
 
 
+class _RemoteShard:
+    """A shard in a bucket, sliced like a memory map: ``[begin:end]`` is one ranged read."""
+
+    def __init__(self, path: paths.Path, dtype: np.dtype, n: int):
+        self.path, self.dtype, self.n = path, dtype.newbyteorder("<"), n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        size = self.dtype.itemsize
+        raw = paths.read_range(self.path, int(s.start) * size, int(s.stop) * size)
+        return np.frombuffer(raw, self.dtype)
+
+
 @dataclass(frozen=True)
 class PreparedData:
     """A prepared folder, loaded: its metadata, its tokenizer, and views of the two splits."""
 
-    dir: Path
+    dir: paths.Path
     tokenizer: Tokenizer
     meta: dict[str, Any]
 
@@ -89,7 +112,7 @@ class PreparedData:
     def dtype(self) -> np.dtype:
         return np.dtype(self.meta["dtype"])
 
-    def _shards(self) -> list[tuple[Path, int]]:
+    def _shards(self) -> list[tuple[paths.Path, int]]:
         return [(self.dir / s["file"], s["tokens"]) for s in self.meta["shards"]]
 
     def train_stream(self) -> TokenStream:
@@ -100,10 +123,10 @@ class PreparedData:
         return TokenStream(self._shards(), self.dtype, n, n + self.n_val_tokens)
 
     @classmethod
-    def load(cls, path: str | Path, tokenizer: str | Path | Tokenizer | None = None) -> PreparedData:
-        """Open a prepared folder. ``tokenizer`` (default: the copy inside) must be the one it was
-        made with; a different one is an error, since its ids would mean other text."""
-        d = Path(path)
+    def load(cls, path: paths.PathLike, tokenizer: paths.PathLike | Tokenizer | None = None) -> PreparedData:
+        """Open a prepared folder (local or ``gs://``). ``tokenizer`` (default: the copy inside) must
+        be the one it was made with; a different one is an error, since its ids would mean other text."""
+        d = paths.as_path(path)
         meta_file = d / METADATA
         if not meta_file.is_file():
             raise UserError(f"{d} is not prepared data (no {METADATA}); make it with `gpt3-jax data prepare`")
@@ -127,10 +150,10 @@ class PreparedData:
             )
         for shard in meta["shards"]:
             f = d / shard["file"]
-            if not f.is_file() or f.stat().st_size != shard["tokens"] * np.dtype(meta["dtype"]).itemsize:
+            if not f.is_file() or f.stat().length != shard["tokens"] * np.dtype(meta["dtype"]).itemsize:
                 raise UserError(f"{f} is missing or truncated; prepare the data again")
         return cls(d, tok, meta)
 
 
-def is_prepared(path: str | Path) -> bool:
-    return (Path(path) / METADATA).is_file()
+def is_prepared(path: paths.PathLike) -> bool:
+    return (paths.as_path(path) / METADATA).is_file()

@@ -1,4 +1,5 @@
-"""Reading training text: plain files, folders of them, JSONL (``text`` field), each optionally gzipped.
+"""Reading training text: plain files, folders of them, JSONL (``text`` field), each optionally gzipped,
+on local disk or in a bucket (``gs://``).
 
 A document is one text file or one JSONL record. Big documents arrive in pieces that end at a line
 break between two non-space characters, where neither kind of tokenizer merges (SentencePiece never
@@ -10,15 +11,16 @@ U+FFFD, one per bad byte, and are counted.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import gzip
 import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from gpt3_jax import paths
 from gpt3_jax.errors import UserError
 
 _PIECE_BYTES = 1 << 20  # big documents are cut into ~1 MiB pieces at line breaks
@@ -28,8 +30,8 @@ _ESCAPED = re.compile("[\udc80-\udcff]")  # bytes that surrogateescape could not
 
 @dataclass(frozen=True)
 class InputFile:
-    path: Path
-    size: int  # bytes on disk (compressed size for .gz)
+    path: paths.Path
+    size: int  # bytes stored (compressed size for .gz)
     jsonl: bool
     explicit: bool  # named by the user (a binary file is an error) vs found in a folder (skipped)
 
@@ -48,44 +50,47 @@ class Piece:
     n_invalid: int  # bytes that were not UTF-8, replaced by U+FFFD
 
 
-def _is_jsonl(path: Path) -> bool:
+def _is_jsonl(path: paths.Path) -> bool:
     name = path.name.lower()
     return name.endswith(".jsonl") or name.endswith(".jsonl.gz")
 
 
-def list_inputs(paths: Sequence[str | Path | InputFile]) -> list[InputFile]:
+def list_inputs(inputs: Sequence[paths.PathLike | InputFile]) -> list[InputFile]:
     """Expand files and folders (recursively, sorted, hidden entries skipped) into input files."""
-    if not paths:
+    if not inputs:
         raise UserError("no input given; pass text files, folders or JSONL files")
     files: list[InputFile] = []
-    for raw in paths:
+    for raw in inputs:
         if isinstance(raw, InputFile):  # already listed (an embedded corpus)
             files.append(raw)
             continue
-        p = Path(raw)
+        p = paths.as_path(raw)
         if p.is_file():
-            files.append(InputFile(p, p.stat().st_size, _is_jsonl(p), explicit=True))
+            files.append(InputFile(p, p.stat().length, _is_jsonl(p), explicit=True))
         elif p.is_dir():
-            found = sorted(
+            found = [
                 f
-                for f in p.rglob("*")
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            files += [InputFile(f, f.stat().st_size, _is_jsonl(f), explicit=False) for f in found]
+                for f in paths.files_under(p)
+                if not any(part.startswith(".") for part in f.relative_to(p).parts)
+            ]
+            files += [InputFile(f, f.stat().length, _is_jsonl(f), explicit=False) for f in found]
         else:
             raise UserError(f"input {str(p)!r} not found; pass existing text files, folders or JSONL files")
     if not files:
-        raise UserError(f"no files found in {', '.join(map(str, paths))}; the input is empty")
+        raise UserError(f"no files found in {', '.join(map(str, inputs))}; the input is empty")
     return files
 
 
 def fingerprint(files: Sequence[InputFile]) -> list[list]:
-    """What identifies the inputs for caching: absolute path, size, modification time."""
-    return [[str(f.path.absolute()), f.size, f.path.stat().st_mtime_ns] for f in files]
+    """What identifies the inputs for caching: absolute path or URL, size, version (modification
+    time, or a bucket object's generation)."""
+    return [[str(paths.absolute(f.path)), f.size, paths.version(f.path)] for f in files]
 
 
-def _open(f: InputFile) -> BinaryIO:
-    return gzip.open(f.path, "rb") if f.gz else open(f.path, "rb")  # noqa: SIM115
+@contextlib.contextmanager
+def _open(f: InputFile) -> Iterator[BinaryIO]:
+    with paths.open_binary(f.path) as raw:
+        yield gzip.GzipFile(fileobj=raw, mode="rb") if f.gz else raw  # type: ignore[misc]
 
 
 def _binary(head: bytes) -> bool:

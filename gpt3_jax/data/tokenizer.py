@@ -1,6 +1,6 @@
 """Tokenizers: one interface over SentencePiece models and Hugging Face tokenizers, and one loader.
 
-A tokenizer is one file, stored as it is beside checkpoints and in prepared data:
+A tokenizer is one file, stored as it is beside checkpoints and in prepared data (local or ``gs://``):
 
     tokenizer.model   a SentencePiece model (``gpt3-jax tokenizer train``)   SentencePieceTokenizer
     tokenizer.json    a Hugging Face ``tokenizers`` file (GPT-2's BPE)       HFTokenizer
@@ -20,11 +20,11 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections.abc import Iterable
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from gpt3_jax import paths
 from gpt3_jax.errors import UserError
 
 EOT_PIECE = "<|endoftext|>"  # the end-of-text token of every kind (GPT-2's spelling)
@@ -46,8 +46,8 @@ class Tokenizer(abc.ABC):
     vocab_size: int
     eot_id: int
 
-    def __init__(self, model_bytes: bytes, path: str | Path = "<memory>"):
-        self.path = Path(path)
+    def __init__(self, model_bytes: bytes, path: paths.PathLike = "<memory>"):
+        self.path = paths.as_path(path)
         self.checksum = hashlib.sha256(model_bytes).hexdigest()
         self._model_bytes = model_bytes
 
@@ -62,19 +62,16 @@ class Tokenizer(abc.ABC):
     def model_bytes(self) -> bytes:
         return self._model_bytes
 
-    def save(self, folder: str | Path) -> Path:
-        """Write ``folder/file_name`` (atomically; left alone when it already holds these bytes) and
-        remove a tokenizer of the other kind there, so the folder holds this one. Returns the file."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        dest = folder / self.file_name
+    def save(self, folder: paths.PathLike) -> paths.Path:
+        """Write ``folder/file_name`` (atomically: a reader sees the old file or the new one, never
+        half of one; left alone when it already holds these bytes) and remove a tokenizer of the
+        other kind there, so the folder holds this one. Returns the file."""
+        dest = paths.as_path(folder) / self.file_name
         if not dest.is_file() or dest.read_bytes() != self._model_bytes:
-            tmp = dest.with_name(dest.name + ".partial")
-            tmp.write_bytes(self._model_bytes)
-            tmp.replace(dest)  # a reader sees the old file or the new one, never half of one
+            paths.write_bytes(dest, self._model_bytes)
         for other in TOKENIZER_FILES:
             if other != self.file_name:
-                (folder / other).unlink(missing_ok=True)
+                paths.remove(dest.parent / other)
         return dest
 
     def __reduce__(self) -> tuple:
@@ -86,15 +83,15 @@ class Tokenizer(abc.ABC):
         return f"{kind}({str(self.path)!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
 
 
-def find_tokenizer(folder: str | Path) -> Path | None:
+def find_tokenizer(folder: paths.PathLike) -> paths.Path | None:
     """The tokenizer file a folder holds (``tokenizer.json`` or ``tokenizer.model``), or None."""
     for name in TOKENIZER_FILES:
-        if (Path(folder) / name).is_file():
-            return Path(folder) / name
+        if (found := paths.as_path(folder) / name).is_file():
+            return found
     return None
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def load_tokenizer(path: paths.PathLike) -> Tokenizer:
     """Load a tokenizer of either kind: a SentencePiece ``.model`` file, a Hugging Face
     ``tokenizer.json``, a folder holding one of them, or a folder with ``vocab.json`` + ``merges.txt``.
 
@@ -104,7 +101,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     from gpt3_jax.data.tokenizer_hf import HFTokenizer
     from gpt3_jax.data.tokenizer_spm import SentencePieceTokenizer
 
-    p = Path(path)
+    p = paths.as_path(path)
     if p.is_dir():
         found = find_tokenizer(p)
         if found is None:
@@ -123,7 +120,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return kind(data, p)
 
 
-def _from_vocab_merges(folder: Path) -> Tokenizer:
+def _from_vocab_merges(folder: paths.Path) -> Tokenizer:
     from gpt3_jax.data.tokenizer_hf import HFTokenizer
 
     vocab, merges = (folder / name for name in HF_VOCAB_FILES)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from pathlib import Path
 
+from gpt3_jax import paths
 from gpt3_jax.data.tokenizer import EOT_PIECE, Tokenizer
 from gpt3_jax.errors import UserError
 
@@ -36,7 +36,7 @@ class HFTokenizer(Tokenizer):
 
     file_name = HF_FILE
 
-    def __init__(self, model_bytes: bytes, path: str | Path = "<memory>"):
+    def __init__(self, model_bytes: bytes, path: paths.PathLike = "<memory>"):
         from tokenizers import Tokenizer as Backend
 
         super().__init__(model_bytes, path)
@@ -58,14 +58,15 @@ class HFTokenizer(Tokenizer):
         self.eot_id = eot
 
     @classmethod
-    def from_vocab_merges(cls, vocab: str | Path, merges: str | Path) -> HFTokenizer:
+    def from_vocab_merges(cls, vocab: paths.PathLike, merges: paths.PathLike) -> HFTokenizer:
         """GPT-2's ``vocab.json`` + ``merges.txt`` → its byte-level BPE tokenizer (as the
         ``tokenizer.json`` that ``transformers`` converts them to)."""
         from tokenizers import Tokenizer as Backend
         from tokenizers import decoders, models, pre_tokenizers, processors
 
         try:
-            bpe = models.BPE.from_file(str(vocab), str(merges))
+            with paths.local_file(vocab) as vocab_file, paths.local_file(merges) as merges_file:
+                bpe = models.BPE.from_file(str(vocab_file), str(merges_file))
         except Exception as exc:  # the library's own (untyped) Exception
             raise UserError(f"{vocab} + {merges}: not a BPE vocabulary ({_first_line(exc)})") from None
         tok = Backend(bpe)
@@ -74,7 +75,7 @@ class HFTokenizer(Tokenizer):
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
         if tok.token_to_id(EOT_PIECE) is not None:  # mark it special, as GPT-2's tokenizer.json does
             tok.add_special_tokens([EOT_PIECE])
-        return cls(tok.to_str().encode("utf-8"), Path(vocab).parent)
+        return cls(tok.to_str().encode("utf-8"), paths.as_path(vocab).parent)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -85,11 +86,11 @@ class HFTokenizer(Tokenizer):
     def id_to_piece(self, i: int) -> str:
         return self._tok.id_to_token(int(i)) or ""
 
-    def save_pretrained_files(self, out_dir: str | Path, *, model_max_length: int | None = None) -> None:
+    def save_pretrained_files(self, out_dir: paths.PathLike, *, model_max_length: int | None = None) -> None:
         """Write ``tokenizer.json`` + ``tokenizer_config.json``, which
         ``transformers.AutoTokenizer.from_pretrained(out_dir)`` loads as a fast tokenizer with
         ``<|endoftext|>`` as its BOS, EOS and UNK token (GPT-2's convention)."""
-        out = Path(out_dir)
+        out = paths.as_path(out_dir)
         self.save(out)
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -101,4 +102,4 @@ class HFTokenizer(Tokenizer):
         }
         if model_max_length is not None:
             config["model_max_length"] = model_max_length
-        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        paths.write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")

@@ -22,11 +22,13 @@ import os
 import random
 import re
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from gpt3_jax import paths
 from gpt3_jax.data.tokenizer import EOT_PIECE, Tokenizer
 from gpt3_jax.errors import UserError
 
@@ -44,7 +46,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     file_name = SPM_FILE
 
-    def __init__(self, model_bytes: bytes, path: str | Path = "<memory>"):
+    def __init__(self, model_bytes: bytes, path: paths.PathLike = "<memory>"):
         import sentencepiece as spm
 
         super().__init__(model_bytes, path)
@@ -100,15 +102,16 @@ def sample_lines(texts: Iterable[str], total_bytes: int, budget: int = _SAMPLE_B
 
 
 def train_tokenizer(
-    inputs: Sequence[str | Path] | None,
+    inputs: Sequence[paths.PathLike] | None,
     vocab_size: int,
-    out_dir: str | Path,
+    out_dir: paths.PathLike,
     model_type: str = "bpe",
     *,
     lines: Iterable[str] | None = None,
     progress: bool = True,
 ) -> SentencePieceTokenizer:
-    """Train a SentencePiece model and write ``out_dir/tokenizer.model``.
+    """Train a SentencePiece model and write ``out_dir/tokenizer.model`` (``out_dir`` local or
+    ``gs://``; the file is written atomically, once trained).
 
     Args:
         inputs: text files, folders, JSONL(.gz) — read as ``gpt3-jax data prepare`` reads them.
@@ -130,11 +133,10 @@ def train_tokenizer(
     if vocab_size < minimum:
         need = "the 2 special ids" if char else "256 byte pieces, 2 special ids and at least one more"
         raise UserError(f"vocab size {vocab_size} is too small: it must hold {need}; use >= {minimum}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     spm.set_random_generator_seed(0)  # reservoir sampling of sentences: same model on every machine
+    work = tempfile.TemporaryDirectory(prefix="gpt3-jax-spm-")  # SentencePiece writes local files
     options = dict(
-        model_prefix=str(out / "tokenizer"),
+        model_prefix=str(Path(work.name) / "tokenizer"),
         vocab_size=vocab_size,
         model_type=model_type,
         byte_fallback=not char,
@@ -156,7 +158,7 @@ def train_tokenizer(
         num_threads=os.cpu_count() or 1,
         minloglevel=0 if progress else 2,
     )
-    with _progress_from_log(model_type, vocab_size, progress) as bar_file:
+    with work, _progress_from_log(model_type, vocab_size, progress) as bar_file:
         if files is not None:  # read lazily, as SentencePiece asks, with a bar on the real stderr
             from gpt3_jax.data.sources import read_texts
 
@@ -180,8 +182,11 @@ def train_tokenizer(
                     f"use a vocab size <= {limit[1]} or more text"
                 ) from None
             raise UserError(f"SentencePiece could not train: {message}") from None
-    (out / "tokenizer.vocab").unlink(missing_ok=True)  # the .model holds everything we need
-    return SentencePieceTokenizer((out / SPM_FILE).read_bytes(), out / SPM_FILE)
+        model = (Path(work.name) / SPM_FILE).read_bytes()  # the .vocab beside it is not needed
+    out = paths.as_path(out_dir)
+    tok = SentencePieceTokenizer(model, out / SPM_FILE)
+    tok.save(out)
+    return tok
 
 
 class _Counted:

@@ -16,12 +16,12 @@ is saved from the bad state, so the last checkpoint on disk stays a good one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -31,13 +31,13 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from gpt3_jax import checkpoint, distributed
+from gpt3_jax import checkpoint, distributed, paths
 from gpt3_jax.checkpoint import Checkpointer, load_init_params
 from gpt3_jax.config import Config, dump_config
 from gpt3_jax.errors import UserError
 from gpt3_jax.evaluation.run import load_tasks, task_metrics
 from gpt3_jax.sampling import LanguageModel
-from gpt3_jax.training.metrics import MetricsWriter, mfu
+from gpt3_jax.training.metrics import MetricsWriter, mfu, peak_flops
 from gpt3_jax.training.optim import check_ramp, ramp_micro_batches
 from gpt3_jax.training.setup import setup
 from gpt3_jax.training.state import init_state
@@ -75,26 +75,29 @@ class _StopSignals:
 
 class _Profiler:
     """A ``jax.profiler`` trace of steps [start, stop] into ``WORKDIR/plugins/profile/`` (every
-    process traces its own host), for TensorBoard's profile plugin or Perfetto."""
+    process traces its own host), for TensorBoard's profile plugin or Perfetto. A ``gs://`` workdir
+    gets the trace written locally and uploaded when it stops (``paths.staged_dir``)."""
 
-    def __init__(self, steps: tuple[int, ...], workdir: Path, main: bool):
+    def __init__(self, steps: tuple[int, ...], workdir: Any, main: bool):
         self.start, self.stop = steps if steps else (0, -1)
-        self.workdir, self.main, self.active = workdir, main, False
+        self.workdir, self.main = workdir, main
+        self.staged: contextlib.ExitStack | None = None
 
     def before(self, step: int) -> None:
         if step == self.start:
-            jax.profiler.start_trace(str(self.workdir))
-            self.active = True
+            self.staged = contextlib.ExitStack()
+            jax.profiler.start_trace(str(self.staged.enter_context(paths.staged_dir(self.workdir))))
 
     def after(self, step: int, metrics: Any) -> None:
-        if self.active and step == self.stop:
+        if self.staged is not None and step == self.stop:
             jax.block_until_ready(metrics)  # the traced steps have run to their end
             self.close()
 
     def close(self) -> None:
-        if self.active:
+        if self.staged is not None:
             jax.profiler.stop_trace()
-            self.active = False
+            self.staged.close()  # uploads a staged trace
+            self.staged = None
             if self.main:
                 tqdm.write(f"profile of steps {self.start}-{self.stop}: {self.workdir}/plugins/profile")
 
@@ -118,7 +121,7 @@ def _fetch(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
     }
 
 
-def _check_finite(values: dict[str, float], step: int, last_good: int | None, root: Path) -> None:
+def _check_finite(values: dict[str, float], step: int, last_good: int | None, root: paths.Path) -> None:
     if all(math.isfinite(values[k]) for k in ("loss", "max_grad_norm", "param_norm") if k in values):
         return
     where = (
@@ -201,7 +204,11 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     main = jax.process_index() == 0
-    workdir = Path(cfg.run.workdir)
+    cfg.run.require_workdir()
+    workdir = paths.as_path(cfg.run.workdir)
+    distributed.check_shared(workdir, "run.workdir")  # several hosts: all must see one workdir
+    if cfg.data.cache_dir:
+        distributed.check_shared(cfg.data.cache_dir, "data.cache_dir")
     cfg = _with_init_tokenizer(cfg)
     tasks = load_tasks(cfg.train.eval_tasks)  # a bad task file stops us before any work
     s = setup(cfg)  # mesh, rules, optimizer, abstract state, shardings; checks the batch
@@ -213,7 +220,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     data = prepare_training_data(cfg, workdir, process_index=jax.process_index(), progress=progress and main)
     if main:
         ckpt.save_tokenizer(data.tokenizer)
-        (workdir / "config.yaml").write_text(dump_config(cfg))
+        paths.write_text(workdir / "config.yaml", dump_config(cfg))
     it = train_iterator(
         data,
         batch_size=micro,
@@ -227,6 +234,8 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
     info = count(cfg.model)
     device_kind, tokens_per_micro = jax.devices()[0].device_kind, micro * cfg.model.n_ctx
+    if main and peak_flops(device_kind) is None:
+        print(f"MFU is not reported: no peak FLOP/s known for device kind {device_kind!r}")
 
     params = None
     if resume is None and cfg.train.init_from:
@@ -243,7 +252,9 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         step_fn = jit_train_step(s)
         param_norm = jax.jit(optax.global_norm)
         eval_fn = jit_eval_step(s) if cfg.train.eval_every else None
-        writer = MetricsWriter(workdir, resume_step=step, enabled=main)
+        writer = MetricsWriter(
+            workdir, resume_step=step, enabled=main, trackers=cfg.run.trackers, config=cfg.to_dict()
+        )
         if main:
             print(
                 f"{where}: {workdir}, mesh {dict(mesh.shape)}, {info.params:,} parameters, "
@@ -297,7 +308,9 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         if interval_steps:
                             tps = interval_tokens / dt
                             record |= {"tokens_per_sec": tps, "step_time_s": dt / interval_steps}
-                            record["mfu"] = mfu(info.model_flops_per_token, tps, device_kind, mesh.size)
+                            u = mfu(info.model_flops_per_token, tps, device_kind, mesh.size)
+                            if u is not None:
+                                record["mfu"] = u
                         if compile_s is not None and step - start_step <= cfg.train.log_every:
                             record["compile_s"] = compile_s
                         writer.write(step, record)
