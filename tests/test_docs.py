@@ -77,3 +77,44 @@ def test_tiny_preset_header_names_its_tokenizer() -> None:
         line for line in (ROOT / "configs" / "tiny.yaml").read_text().splitlines() if line[:1] == "#"
     )
     assert cfg.data.tokenizer_type == "bpe" and "BPE" in header and "char" not in header
+
+
+def python_blocks(doc: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+
+
+@pytest.fixture(scope="module")
+def doc_checkpoint(tmp_path_factory, gpt2_style_tokenizer: Path) -> Path:
+    """A small random model (dense and banded layers) with a byte-level BPE tokenizer: what the
+    docs' examples load in place of a trained run."""
+    from flax import nnx
+
+    from gpt3_jax.checkpoint import save_params
+    from gpt3_jax.config import Config, ModelConfig
+    from gpt3_jax.model import GPT
+
+    cfg = ModelConfig(n_layer=2, d_model=32, n_head=4, n_ctx=128, vocab_size=512, local_window=8)
+    params = nnx.state(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    root = tmp_path_factory.mktemp("docs") / "ckpt"
+    return save_params(root, Config(model=cfg), params, tokenizer=gpt2_style_tokenizer)
+
+
+def test_readme_python_example_runs() -> None:
+    [block] = python_blocks(ROOT / "README.md")
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["logits"].shape == (2, 16, 1024)
+
+
+@pytest.mark.parametrize("doc, placeholder", [("sampling.md", "runs/tiny"), ("evaluation.md", "runs/demo")])
+def test_docs_python_examples_run(doc: str, placeholder: str, doc_checkpoint: Path, monkeypatch) -> None:
+    """The sampling and evaluation docs' examples run as written, on a checkpoint put where they
+    name one (from the repository root, as their relative paths assume)."""
+    blocks = python_blocks(ROOT / "docs" / doc)
+    assert blocks and all(placeholder in b for b in blocks[:1])
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {}
+    for block in blocks:
+        code = block.replace(repr(placeholder).replace("'", '"'), repr(str(doc_checkpoint)))
+        exec(compile(code, f"docs/{doc}", "exec"), namespace)
+    assert "lm" in namespace

@@ -30,41 +30,46 @@ SHARD_TOKENS = 1 << 28  # 256 Mi tokens: 512 MiB of uint16 per shard
 _CHUNK_BYTES = 1 << 20  # text per unit of parallel work
 _OUR_FILES = re.compile(r"tokens_\d{5}\.bin|metadata\.json|tokenizer\.(model|json)")  # what we write
 
+
+def _tokenize(tokenizer: Tokenizer, pieces: list[Piece]) -> tuple[np.ndarray, int, int, int]:
+    """A group of pieces → (uint32 ids with end-of-text after each finished document, bytes read,
+    invalid bytes, documents)."""
+    ids: list[int] = []
+    docs = 0
+    for piece in pieces:
+        ids.extend(tokenizer.encode(piece.text))
+        if piece.end:
+            ids.append(tokenizer.eot_id)
+            docs += 1
+    n_bytes = sum(p.n_bytes for p in pieces)
+    return np.asarray(ids, np.uint32), n_bytes, sum(p.n_invalid for p in pieces), docs
+
+
+# Worker processes only (never the caller's): the tokenizer each spawned worker builds once, in
+# its pool initializer, instead of unpickling (re-loading) it with every group of pieces.
 _worker_tokenizer: Tokenizer | None = None
 
 
 def _init_worker(tokenizer: Tokenizer) -> None:
-    global _worker_tokenizer  # one tokenizer per worker process, built once (it pickles as its file)
+    global _worker_tokenizer
     _worker_tokenizer = tokenizer
 
 
-def _tokenize(pieces: list[Piece]) -> tuple[np.ndarray, int, int, int]:
-    """A group of pieces → (uint32 ids with end-of-text after each finished document, bytes read,
-    invalid bytes, documents)."""
-    tok = _worker_tokenizer
-    assert tok is not None
-    ids: list[int] = []
-    docs = 0
-    for piece in pieces:
-        ids.extend(tok.encode(piece.text))
-        if piece.end:
-            ids.append(tok.eot_id)
-            docs += 1
-    n_bytes = sum(p.n_bytes for p in pieces)
-    return np.asarray(ids, np.uint32), n_bytes, sum(p.n_invalid for p in pieces), docs
+def _tokenize_in_worker(pieces: list[Piece]) -> tuple[np.ndarray, int, int, int]:
+    assert _worker_tokenizer is not None, "called outside a tokenizing worker"
+    return _tokenize(_worker_tokenizer, pieces)
 
 
 def _tokenized(
     groups: Iterator[list[Piece]], tokenizer: Tokenizer, workers: int
 ) -> Iterator[tuple[np.ndarray, int, int, int]]:
     if workers <= 1:
-        _init_worker(tokenizer)
-        yield from map(_tokenize, groups)
+        yield from (_tokenize(tokenizer, g) for g in groups)
         return
     # spawn, not fork: the caller may be a JAX process with threads running, which fork would copy
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
-        yield from pool.imap(_tokenize, groups, chunksize=1)
+        yield from pool.imap(_tokenize_in_worker, groups, chunksize=1)
 
 
 class _ShardWriter:
