@@ -1,5 +1,5 @@
 # Quick start:  make demo       (set-up included: a virtualenv in .venv, the package, the demo run)
-#               make test       (set-up included: the test, compare, eval and notebooks extras; the default test suite)
+#               make test       (set-up included: the test, compare, eval, wandb and notebooks extras; the default test suite)
 #               make notebooks  (set-up for notebooks/: the notebooks extra)
 # Each set-up step leaves a stamp in .venv, so `make demo` then `make test` installs only the extras.
 PYTHON ?= python3
@@ -17,7 +17,7 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test,compare,eval]'
+	$(BIN)/python -m pip install -q -e '.[test,compare,eval,wandb]'
 	touch $@
 
 $(VENV)/.installed-notebooks: pyproject.toml | $(BIN)/python

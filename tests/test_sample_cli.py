@@ -138,15 +138,17 @@ def test_eval_json(ckpt: Path, capsys) -> None:
 
 def _reference_loss(ckpt: Path, windows: int, length: int) -> float:
     """By hand: the text's ids after an end-of-text, cut into windows of ``length`` next-token
-    pairs, scored with a float64 log-softmax over the tokenizer's ids."""
+    pairs, scored with a float64 log-softmax over the model's ids (its vocabulary is larger than
+    the tokenizer's here; training's loss normalises over it too)."""
     from gpt3_jax.checkpoint import load_model, tokenizer_path
     from gpt3_jax.data import load_tokenizer
 
     tok = load_tokenizer(tokenizer_path(ckpt / "ckpt"))
-    _, model = load_model(ckpt / "ckpt")
+    cfg, model = load_model(ckpt / "ckpt")
+    assert cfg.model.vocab_size > tok.vocab_size
     ids = np.array([tok.eot_id, *tok.encode(TEXT)])
     rows = np.stack([ids[i * length : i * length + length + 1] for i in range(windows)])
-    logits = np.asarray(model(rows[:, :-1])[0], np.float64)[..., : tok.vocab_size]
+    logits = np.asarray(model(rows[:, :-1])[0], np.float64)[..., : cfg.model.vocab_size]
     logp = logits - logits.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
     return float(-np.take_along_axis(logp, rows[:, 1:, None], -1).mean())

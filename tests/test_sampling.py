@@ -270,3 +270,33 @@ def test_custom_rules_reach_generation_on_a_2x2_mesh(tmp_path, model: GPT) -> No
     for dims, lead in constraints:
         first = dims.split("}")[0] + "}"
         assert first == ('{"tensor"}' if lead == "2" else "{}"), (dims, lead)
+
+
+def test_a_model_vocabulary_larger_than_the_tokenizer_samples_and_scores_over_the_models(
+    gpt2_style_tokenizer,
+) -> None:
+    """As training's loss and transformers have it: greedy picks the argmax over the model's whole
+    (unpadded) vocabulary, log-probabilities normalise over it, and ids the 512-token tokenizer
+    lacks decode to no text."""
+    from gpt3_jax.data.tokenizer import load_tokenizer
+
+    cfg = dataclasses.replace(CFG, vocab_size=1000, init_std=0.5)
+    model = GPT(cfg, rngs=nnx.Rngs(3))
+    tok = load_tokenizer(gpt2_style_tokenizer)
+    lm = LanguageModel(Config(model=cfg), model, tok)
+    prompt = tok.encode("To be, or not")
+    out = lm.generate(prompt, 12)
+    ids = [*prompt, *out[0].ids]  # greedy: each new id is the argmax over the model's 1000 ids
+    logits, _ = jax.jit(lambda m, x: m(x))(model, jnp.asarray([ids]))
+    argmax = np.asarray(jnp.argmax(logits[0, :, : cfg.vocab_size], axis=-1))
+    assert out[0].ids == argmax[len(prompt) - 1 : -1].tolist()
+    assert any(i >= tok.vocab_size for i in out[0].ids), "the check needs ids past the tokenizer"
+    assert out[0].text == tok.decode([i for i in out[0].ids if i < tok.vocab_size])
+
+    scored = [tok.eot_id, *prompt]  # score() puts end-of-text before the text
+    logits, _ = jax.jit(lambda m, x: m(x))(model, jnp.asarray([scored]))
+    logits = np.asarray(logits[0, :-1, : cfg.vocab_size], np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    logp -= logits.max(-1, keepdims=True)
+    want = sum(logp[i, t] for i, t in enumerate(scored[1:]))
+    assert lm.score(prompt).log_likelihood == pytest.approx(want, abs=1e-3)

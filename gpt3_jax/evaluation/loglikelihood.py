@@ -83,7 +83,8 @@ class Scorer:
     """Scores requests under ``model`` (its parameters as they are, on ``mesh`` if given).
 
     ``batch_size`` rows per batch at most, and at most ``max_batch_tokens`` tokens (rows × bucket
-    length), so long buckets take fewer rows; ``vocab_size`` masks ids past the tokenizer's.
+    length), so long buckets take fewer rows; ``vocab_size`` (default: the model's) masks
+    the padded rows of the embedding past it.
     """
 
     def __init__(

@@ -119,7 +119,9 @@ class LanguageModel:
             )
         self.cfg, self.model, self.tokenizer, self.mesh = cfg, model, tokenizer, mesh
         self.eot_id = None if tokenizer is None else tokenizer.eot_id
-        self.vocab_size = cfg.model.vocab_size if tokenizer is None else tokenizer.vocab_size
+        # the model's own vocabulary (not the tokenizer's, which may be smaller): sampling and
+        # log-probabilities are those of the model, as training's loss and transformers have them
+        self.vocab_size = cfg.model.vocab_size
         self.sampler = Sampler(model, eot_id=self.eot_id, vocab_size=self.vocab_size, mesh=mesh)
 
     def _mesh(self) -> contextlib.AbstractContextManager:
@@ -131,7 +133,10 @@ class LanguageModel:
         return self.tokenizer.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return "" if self.tokenizer is None else self.tokenizer.decode(ids)
+        """Ids → text; ids the tokenizer lacks (a model vocabulary larger than it) have none."""
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode([i for i in ids if i < self.tokenizer.vocab_size])
 
     def generate(
         self,
