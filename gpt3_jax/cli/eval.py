@@ -63,7 +63,12 @@ def _input_ids(lm, paths: list[str]):
     ids: list[int] = []
     starts = True
     with tqdm(
-        total=sum(f.size for f in files), desc="tokenizing", unit="B", unit_scale=True, file=sys.stderr
+        total=sum(f.size for f in files),
+        desc="tokenizing",
+        unit="B",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),  # bars only on a terminal: in a log they would sit above an error
     ) as bar:
         for piece in iter_pieces(files):
             ids += [lm.eot_id, *lm.encode(piece.text)] if starts else lm.encode(piece.text)
@@ -108,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
     n_batches = min(n_batches, args.max_batches) if args.max_batches else n_batches
     total, count = 0.0, 0
     batches = lm.logprobs_batches(ids, batch_size=args.batch_size, seq_len=seq_len, max_batches=n_batches)
-    for logp, mask in tqdm(batches, total=n_batches, desc="eval", unit="batch", file=sys.stderr):
+    bars = sys.stderr.isatty()
+    for logp, mask in tqdm(
+        batches, total=n_batches, desc="eval", unit="batch", file=sys.stderr, disable=not bars
+    ):
         total += float(logp[mask].sum())
         count += int(mask.sum())
     loss = -total / count
@@ -134,7 +142,9 @@ def _run_task(args: argparse.Namespace) -> int:
     lm = load(args.checkpoint, tokenizer=args.tokenizer)
     if lm.tokenizer is None:
         raise UserError("the checkpoint has no tokenizer; pass --tokenizer TOK")
-    result = evaluate(lm, task, shots=args.shots, seed=args.seed, batch_size=args.batch_size, progress=True)
+    result = evaluate(
+        lm, task, shots=args.shots, seed=args.seed, batch_size=args.batch_size, progress=sys.stderr.isatty()
+    )
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
