@@ -113,10 +113,7 @@ def run(args: argparse.Namespace) -> int:
     n_batches = min(n_batches, args.max_batches) if args.max_batches else n_batches
     total, count = 0.0, 0
     batches = lm.logprobs_batches(ids, batch_size=args.batch_size, seq_len=seq_len, max_batches=n_batches)
-    bars = sys.stderr.isatty()
-    for logp, mask in tqdm(
-        batches, total=n_batches, desc="eval", unit="batch", file=sys.stderr, disable=not bars
-    ):
+    for logp, mask in tqdm(batches, total=n_batches, desc="eval", unit="batch", file=sys.stderr):
         total += float(logp[mask].sum())
         count += int(mask.sum())
     loss = -total / count
@@ -142,9 +139,7 @@ def _run_task(args: argparse.Namespace) -> int:
     lm = load(args.checkpoint, tokenizer=args.tokenizer)
     if lm.tokenizer is None:
         raise UserError("the checkpoint has no tokenizer; pass --tokenizer TOK")
-    result = evaluate(
-        lm, task, shots=args.shots, seed=args.seed, batch_size=args.batch_size, progress=sys.stderr.isatty()
-    )
+    result = evaluate(lm, task, shots=args.shots, seed=args.seed, batch_size=args.batch_size, progress=True)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
