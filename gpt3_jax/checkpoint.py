@@ -76,7 +76,15 @@ def resolve(path: paths.PathLike) -> tuple[paths.Path, int]:
         return p.parent, int(p.name)
     steps = sorted(ocp.utils.checkpoint_steps(p))
     if not steps:
-        raise UserError(f"{str(p)!r} holds no complete checkpoint (no finalized step folder)")
+        if (p / "config.json").is_file():
+            raise UserError(
+                f"{str(p)!r} is a Hugging Face folder, not a gpt3_jax checkpoint; convert it first: "
+                f"gpt3-jax convert from-hf {p} OUT_DIR"
+            )
+        raise UserError(
+            f"{str(p)!r} holds no complete checkpoint (no finalized step folder); pass a run's workdir "
+            "or a checkpoint folder"
+        )
     return p, steps[-1]
 
 

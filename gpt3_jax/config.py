@@ -364,9 +364,24 @@ def load_config(path: paths.PathLike | None = None, overrides: Sequence[str] = (
                 f"overrides {' '.join(overrides)!r}: a value is not valid YAML; quote it or fix the brackets"
             ) from None
         merged = OmegaConf.merge(*layers, _scalars_to_lists(dotlist))
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise UserError(_one_line(exc)) from None
+    check_window(cfg.model)
+    return cfg
+
+
+def check_window(m: ModelConfig) -> None:
+    """A local window wider than the context makes a local layer a dense one: in a config the
+    user writes, that is a mistake (a window meant for a longer context), so it is refused. Only
+    here, not in ``ModelConfig``: code may build such a model on purpose (a short context for a
+    test), and checkpoints stored before this check must still load."""
+    _require(
+        "local" not in m.attention_pattern or m.local_window <= m.n_ctx,
+        "model.local_window",
+        f"{m.local_window} is larger than the context model.n_ctx={m.n_ctx}, so the local layers would "
+        f"be dense; set model.local_window<={m.n_ctx}, or model.attention_pattern=[dense]",
+    )
 
 
 def dump_config(cfg: Config) -> str:

@@ -48,7 +48,13 @@ IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of
 
 def read_hf_config(path: paths.PathLike) -> ModelConfig:
     """``config.json`` of a GPT-2 model → our ``ModelConfig`` (pattern ``["dense"]``)."""
-    file = paths.as_path(path) / "config.json"
+    folder = paths.as_path(path)
+    file = folder / "config.json"
+    if not file.is_file() and _is_our_checkpoint(folder):
+        raise UserError(
+            f"{folder} is a gpt3_jax checkpoint, not a Hugging Face folder; it needs no conversion: "
+            "pass it to sample or eval --checkpoint, or to train.init_from (convert to-hf goes the other way)"
+        )
     if not file.is_file():
         raise UserError(
             f"{str(file)!r} not found; pass a Hugging Face GPT-2 directory (save_pretrained output)"
@@ -87,6 +93,13 @@ def read_hf_config(path: paths.PathLike) -> ModelConfig:
         raise UserError(f"{file}: {exc}") from None
 
 
+def _is_our_checkpoint(folder: paths.Path) -> bool:
+    """A run's workdir, a checkpoint root (numbered step folders holding ``params``) or one step."""
+    if (folder / "checkpoints").is_dir() or (folder / "params").is_dir():
+        return True
+    return folder.is_dir() and any(c.name.isdigit() and (c / "params").is_dir() for c in folder.iterdir())
+
+
 def read_hf_weights(path: paths.PathLike) -> dict[str, np.ndarray]:
     """All tensors of a GPT-2 directory as float32 numpy arrays, names without ``transformer.``."""
     path = paths.as_path(path)
@@ -117,9 +130,7 @@ def read_hf_weights(path: paths.PathLike) -> dict[str, np.ndarray]:
             raise UserError(
                 f"{torch_bin} needs torch to read; install torch or re-save the model with safetensors"
             ) from None
-        with paths.local_file(torch_bin) as local:
-            state = torch.load(local, map_location="cpu", weights_only=True)
-        tensors = {k: v.float().numpy() for k, v in state.items()}
+        tensors = _read_torch_bin(torch, torch_bin)
     else:
         raise UserError(f"{str(path)!r} has no model.safetensors or pytorch_model.bin; nothing to convert")
     out = {}
@@ -128,6 +139,30 @@ def read_hf_weights(path: paths.PathLike) -> dict[str, np.ndarray]:
         if not name.endswith(IGNORED_SUFFIXES):
             out[name] = np.asarray(value, dtype=np.float32)
     return out
+
+
+def _read_torch_bin(torch: Any, file: paths.Path) -> dict[str, np.ndarray]:
+    """The tensors of a ``pytorch_model.bin``, a pickle: read with ``torch.load(weights_only=True)``,
+    whose unpickler builds tensors and plain containers only and refuses anything else (a pickle
+    that would call a function, such as one that runs a command, is refused, not run)."""
+    import pickle  # only for the exception type: the unpickling itself is torch's restricted one
+
+    with paths.local_file(file) as local:
+        try:
+            state = torch.load(local, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise UserError(
+                f"{file}: refused: it holds objects other than tensors, which could run code when "
+                "unpickled; re-save the model as safetensors (save_pretrained(..., safe_serialization=True))"
+            ) from None
+        except Exception as exc:  # a truncated or foreign file: torch raises many kinds
+            raise UserError(
+                f"{file}: cannot read it as a PyTorch state dict ({type(exc).__name__}); is the download "
+                "complete? Or re-save the model as safetensors"
+            ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{file}: not a state dict of tensors; re-save the model as safetensors")
+    return {k: v.float().numpy() for k, v in state.items()}
 
 
 def hf_to_params(cfg: ModelConfig, hf: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Each subcommand lives in its own module here (``train.py``, ``sample.py`` …) with
 ``add_parser(subparsers)`` and ``run(args) -> int``. Modules import JAX and friends inside
 ``run`` so that ``gpt3-jax --help`` is instant. A ``UserError`` anywhere becomes one line on
-stderr and exit code 2.
+stderr and exit code 2, and so does any other exception (``--debug`` prints the traceback).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
 
 from gpt3_jax.errors import UserError
@@ -36,7 +38,22 @@ class _Parser(argparse.ArgumentParser):
             self._intermixing = False
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def _add_debug(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``--debug`` on the tool and on every (sub)subcommand, so it may come anywhere before or after
+    the command. Below the top its default is suppressed, so a later parser never resets it."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="on an error, print the full traceback (default: one line)",
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug(child, top=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,15 +70,43 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
+    _add_debug(parser, top=True)
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for stderr: its message's first non-empty line (the rest of a long
+    message, and the traceback, are for ``--debug``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Bad input (``UserError``) is one line ``error: ...`` on stderr and exit code
+    2; so is any other exception, named by its type, with a pointer to ``--debug``, which prints the
+    traceback as well. Divergence (3) and SIGINT (130) keep their own codes.
+
+    Python warnings a library raises meanwhile (torch, jax, orbax) are held back and shown once the
+    command has succeeded, so that a failing one prints its one line only; ``--debug`` shows them
+    as they come."""
     args = build_parser().parse_args(argv)
+    if args.debug:
+        return _run(args)
+    with warnings.catch_warnings(record=True) as held:
+        code = _run(args)
+    if code == 0:
+        for w in held:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.run(args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `gpt3-jax info ... | head`: the reader left; that is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -69,3 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug or an input we did not foresee: still one line, exit 2
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug else " (unexpected; rerun with --debug for the traceback)"
+        print(f"error: {type(exc).__name__}: {one_line(exc)}{hint}", file=sys.stderr)
+        return 2

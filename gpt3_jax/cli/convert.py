@@ -75,9 +75,13 @@ def run_from_hf(args: argparse.Namespace) -> int:
 
 
 def run_to_hf(args: argparse.Namespace) -> int:
-    from gpt3_jax import checkpoint, convert
+    from gpt3_jax import checkpoint, convert, paths
     from gpt3_jax.data.tokenizer_hf import HF_FILE
+    from gpt3_jax.errors import UserError
 
+    out = paths.as_path(args.out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{str(out)!r} already exists and is not empty; choose a new OUT_DIR")
     cfg, out = convert.checkpoint_to_hf(args.checkpoint, args.out_dir)
     m = cfg.model
     print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,14 +37,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gpt3_jax.data import list_inputs, load_tokenizer, prepare_data
     from gpt3_jax.data.prepare import summary
+    from gpt3_jax.errors import UserError
 
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers}: give at least 1 tokenizer process")
     tokenizer = load_tokenizer(args.tokenizer)
     files = list_inputs(args.input)
-    print(
-        summary(
-            prepare_data(files, tokenizer, args.out, val_fraction=args.val_fraction, workers=args.workers)
-        )
+    data = prepare_data(
+        files,
+        tokenizer,
+        args.out,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),  # a bar in a log or a pipe is noise, and would sit above an error
     )
+    print(summary(data))
     return 0
 
 

@@ -63,7 +63,12 @@ def _input_ids(lm, paths: list[str]):
     ids: list[int] = []
     starts = True
     with tqdm(
-        total=sum(f.size for f in files), desc="tokenizing", unit="B", unit_scale=True, file=sys.stderr
+        total=sum(f.size for f in files),
+        desc="tokenizing",
+        unit="B",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),  # bars only on a terminal: in a log they would sit above an error
     ) as bar:
         for piece in iter_pieces(files):
             ids += [lm.eot_id, *lm.encode(piece.text)] if starts else lm.encode(piece.text)

@@ -84,6 +84,7 @@ def _reexec(args: argparse.Namespace) -> int:
     argv += ["--devices", str(args.devices), "--slices", str(args.slices)]
     argv += ["--hbm-gib", str(args.hbm_gib)] if args.hbm_gib is not None else []
     argv += ["--json"] if args.json else []
+    argv += ["--debug"] if args.debug else []
     return subprocess.run(argv, env=env, check=False).returncode
 
 

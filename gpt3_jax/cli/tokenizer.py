@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gpt3_jax.data import train_tokenizer
 
-    tok = train_tokenizer(args.input, args.vocab_size, args.out, args.model_type)
+    tok = train_tokenizer(
+        args.input, args.vocab_size, args.out, args.model_type, progress=sys.stderr.isatty()
+    )  # bars only on a terminal: in a log or a pipe they are noise, and would sit above an error
     print(f"wrote {tok.path}: {tok.vocab_size} ids ({args.model_type}), end-of-text id {tok.eot_id}")
     return 0

@@ -53,6 +53,27 @@ def _check_vocab(tokenizer: Tokenizer, cfg: Config) -> None:
         )
 
 
+def check_training_data(cfg: Config) -> None:
+    """What ``prepare_training_data`` would refuse, found before a run writes anything: inputs that
+    do not exist, a named input that is binary or not gzip (its first piece is read), a tokenizer
+    that does not load, is larger than the model's vocabulary or is not the one prepared data was
+    made with. Problems deeper inside a file still surface while the data is prepared."""
+    from gpt3_jax.data.sources import iter_pieces
+
+    d = cfg.data
+    if len(d.input) == 1 and is_prepared(d.input[0]):
+        _check_vocab(PreparedData.load(d.input[0], d.tokenizer or None).tokenizer, cfg)
+        return
+    if d.input:
+        for f in list_inputs(d.input):
+            if f.explicit:
+                pieces = iter_pieces([f])
+                next(pieces, None)
+                pieces.close()
+    if d.tokenizer:
+        _check_vocab(load_tokenizer(d.tokenizer), cfg)
+
+
 def prepare_training_data(
     cfg: Config,
     workdir: paths.PathLike,

@@ -106,6 +106,8 @@ def _clear(out: paths.Path) -> None:
     any other kind are not ours to delete: a UserError."""
     if not out.exists():
         return
+    if not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder; pass an empty or new folder to --out")
     entries = list(out.iterdir()) if out.is_dir() else [out]
     foreign = [e.name for e in entries if not _OUR_FILES.fullmatch(e.name)]
     if foreign or not out.is_dir():
@@ -163,7 +165,12 @@ def prepare_data(
                 bar.update(min(n_bytes, bar.total - bar.n))
         writer.close()
         if n_tokens == n_docs:  # nothing but end-of-text ids
-            raise UserError("the input holds no text (empty files only); pass non-empty text or JSONL files")
+            what = (
+                f"{len(skipped)} binary file(s) skipped, such as {skipped[0]}"
+                if skipped
+                else "empty files only"
+            )
+            raise UserError(f"the input holds no text ({what}); pass non-empty text or JSONL files")
         n_val = int(round(n_tokens * val_fraction))
         tokenizer.save(out)
         meta = {

@@ -39,6 +39,7 @@ from gpt3_jax.evaluation.run import load_tasks, task_metrics
 from gpt3_jax.sampling import LanguageModel
 from gpt3_jax.training.metrics import MetricsWriter, mfu, peak_flops
 from gpt3_jax.training.optim import check_ramp, ramp_micro_batches
+from gpt3_jax.training.preflight import preflight
 from gpt3_jax.training.setup import setup
 from gpt3_jax.training.state import init_state
 from gpt3_jax.training.step import jit_eval_step, jit_train_step
@@ -213,6 +214,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     tasks = load_tasks(cfg.train.eval_tasks)  # a bad task file stops us before any work
     s = setup(cfg)  # mesh, rules, optimizer, abstract state, shardings; checks the batch
     check_ramp(cfg)
+    preflight(cfg, workdir)  # the workdir, checkpoints and data inputs: before anything is written
     mesh, micro = s.mesh, s.micro
 
     ckpt = Checkpointer(workdir, cfg)
