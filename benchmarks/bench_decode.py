@@ -20,47 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import tempfile
-import time
 
-import numpy as np
-
-
-def memcpy_bandwidth(size_mb: int = 512, repeats: int = 5) -> float:
-    """Bytes moved (read + write) per second by numpy copying ``size_mb`` MiB; best of ``repeats``."""
-    src = np.ones(size_mb * 2**20 // 8, np.float64)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.nbytes / best
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def decode_rate(generate, n: int) -> float:
-    """Steps per second of the decode loop alone: (n - 1) / (T(n) - T(1)), one measurement."""
-    t1, tn = timed(lambda: generate(1)), timed(lambda: generate(n))
-    return (n - 1) / max(tn - t1, 1e-9)
-
-
-def interleaved_rates(generators: dict, n: int, repeats: int) -> dict[str, list[float]]:
-    """Per repeat, every generator's decode rate in turn (so they share the machine's load)."""
-    for generate in generators.values():
-        generate(1), generate(n)  # compile / warm up both shapes
-    rates: dict[str, list[float]] = {name: [] for name in generators}
-    for _ in range(repeats):
-        for name, generate in generators.items():
-            rates[name].append(decode_rate(generate, n))
-    return rates
+from common import converted, decode_comparison, machine_info, memcpy_bandwidth, rounded
 
 
 def main() -> None:
@@ -79,71 +40,18 @@ def main() -> None:
     from flax import nnx
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from gpt3_jax.checkpoint import save_params
-    from gpt3_jax.convert import from_hf
-    from gpt3_jax.sampling import load
-
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=args.n_layer)).eval()
-    scan = {"auto": None, "scan": True, "per-layer": False}[args.layers]
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(f"{d}/hf")
-        cfg, model = from_hf(f"{d}/hf")
-        save_params(f"{d}/ckpt", cfg, nnx.state(model, nnx.Param))
-        del model
-        lm = load(f"{d}/ckpt", scan_layers=scan)
-    sampler = lm.sampler  # no end-of-text: every row runs the full budget, like min_new_tokens
-    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(lm.model, nnx.Param)))
+    lm = converted(hf, {"auto": None, "scan": True, "per-layer": False}[args.layers])
     bandwidth = memcpy_bandwidth()
-    rng = np.random.default_rng(0)
-    rows = []
     for b in args.batches:
-        prompts = rng.integers(0, cfg.model.vocab_size, (b, args.prompt_len))
-        generators = {"ours": lambda n, p=prompts: sampler.generate(p.tolist(), n)}
-        if not args.skip_hf:
-            ids = torch.as_tensor(prompts)
-
-            def hf_generate(n: int, ids=ids) -> torch.Tensor:
-                with torch.inference_mode():
-                    return hf.generate(
-                        ids,
-                        attention_mask=torch.ones_like(ids),
-                        max_new_tokens=n,
-                        min_new_tokens=n,
-                        do_sample=False,
-                        pad_token_id=0,
-                    )
-
-            generators["hf"] = hf_generate
-        rates = interleaved_rates(generators, args.new_tokens, args.repeats)
-        ours = float(np.median(rates["ours"]))
-        m = cfg.model
-        cache = 2 * m.n_layer * b * (args.prompt_len + args.new_tokens // 2) * m.d_model * 4
-        bound = bandwidth / (n_params * 4 + cache)
-        row = {"batch": b, "ours_tok_s": ours * b, "ours_steps_s": ours, "bound_steps_s": bound}
-        row["ours_steps_s_each"] = [round(r, 2) for r in rates["ours"]]
-        if not args.skip_hf:
-            theirs = float(np.median(rates["hf"]))
-            check = sampler.generate(prompts.tolist(), 16).ids
-            same = hf_generate(16)[:, args.prompt_len :].tolist() == check
-            row |= {"hf_tok_s": theirs * b, "speedup": ours / theirs, "same_greedy_tokens": same}
-            row["hf_steps_s_each"] = [round(r, 2) for r in rates["hf"]]
-        rows.append(row)
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    print(
-        json.dumps(
-            {
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                "memcpy_GB_s": round(bandwidth / 1e9, 2),
-                "params": n_params,
-                "torch_threads": torch.get_num_threads(),
-                "jax": jax.__version__,
-                "layers": "scan" if lm.cfg.model.scan_layers else "per-layer",
-                "date": time.strftime("%Y-%m-%d"),
-                "load_average": [round(x, 2) for x in os.getloadavg()],
-            }
+        row = decode_comparison(
+            lm, None if args.skip_hf else hf, b, args.prompt_len, args.new_tokens, args.repeats, bandwidth
         )
-    )
+        print(json.dumps(rounded(row)), flush=True)
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(lm.model, nnx.Param)))
+    layers = "scan" if lm.cfg.model.scan_layers else "per-layer"
+    print(json.dumps(machine_info(memcpy_GB_s=round(bandwidth / 1e9, 2), params=n_params, layers=layers)))
 
 
 if __name__ == "__main__":
