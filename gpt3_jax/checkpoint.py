@@ -248,7 +248,7 @@ def _model_keys(m: Any) -> str:
 
 def _reason(exc: BaseException) -> str:
     """An exception as a short one-line reason (tensorstore's messages run long)."""
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split()).split(" See full TensorStore details")[0]
     text = text if len(text) <= 200 else text[:197] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
