@@ -1,12 +1,13 @@
 # Quick start:  make demo       (set-up included: a virtualenv in .venv, the package, the demo run)
 #               make test       (set-up included: the test, compare, eval, wandb and notebooks extras; the default test suite)
+#               make test-slow, make test-faults   (the opt-in suites: long runs; fault injection, docs/reliability.md)
 #               make notebooks  (set-up for notebooks/: the notebooks extra)
 # Each set-up step leaves a stamp in .venv, so `make demo` then `make test` installs only the extras.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint notebooks clean
+.PHONY: demo test test-slow test-faults lint notebooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +31,13 @@ demo: $(VENV)/.installed-base
 test: $(VENV)/.installed-test $(VENV)/.installed-notebooks
 	$(BIN)/python -m pytest -q
 
+# pytest exits 5 when a marker selects no test: not a failure here
 test-slow: $(VENV)/.installed-test $(VENV)/.installed-notebooks
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
+
+# -s: the kill -9 trials print one line each (seed, where each kill landed, the outcome)
+test-faults: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -s -m faults tests/faults || [ $$? -eq 5 ]
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gpt3_jax tests benchmarks

@@ -129,6 +129,17 @@ def remove(path: PathLike) -> None:
         p.unlink()
 
 
+def move(src: PathLike, dst: PathLike) -> None:
+    """Rename a file or folder to ``dst`` (which must not exist); in a bucket, which has no
+    rename, everything is copied and then deleted."""
+    s, d = as_path(src), as_path(dst)
+    if not is_remote(s):
+        os.rename(s, d)
+        return
+    fs, source = _fs(s)
+    fs.mv(source, _fs(d)[1], recursive=True)
+
+
 @contextlib.contextmanager
 def local_file(path: PathLike) -> Iterator[pathlib.Path]:
     """A local path holding ``path``'s content: the file itself, or a temporary download of a

@@ -21,7 +21,10 @@ Hugging Face one) and WORKDIR/config.yaml.
 Exit codes: 0 done, or stopped by SIGTERM (a preemption: the step finished, a checkpoint was
 saved; run the same command again to continue); 130 stopped by SIGINT (Ctrl-C; saved likewise;
 press it twice to stop without saving); 2 bad config or input; 3 the loss became NaN/Inf (the
-last checkpoint on disk is from before it).
+last checkpoint on disk is from before it); 4 a checkpoint could not be written (a full disk, a
+file-size limit: that save failed, the older checkpoints are intact; fix it and run the same
+command again). A damaged latest checkpoint (a file truncated, deleted or changed) is reported in
+one warning line and the previous complete one is used.
 
 Examples:
   gpt3-jax train configs/tiny.yaml run.workdir=/tmp/tiny
@@ -50,6 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any JAX device use
+    from gpt3_jax.checkpoint import SaveError
     from gpt3_jax.training.loop import DivergedError, train
 
     cfg = config_from_args(args)
@@ -58,4 +62,7 @@ def run(args: argparse.Namespace) -> int:
     except DivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except SaveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     return 130 if summary["stopped_by"] == "SIGINT" else 0

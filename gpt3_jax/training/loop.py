@@ -11,7 +11,9 @@ the saved parameters have seen", and a resume replays the same batches bit for b
 Stopping: SIGTERM or SIGINT finishes the current step, saves, and returns with ``stopped_by`` set
 (the CLI exits 0 after SIGTERM — a preemption is not a failure — and 130 after SIGINT). A second
 SIGINT kills at once. A NaN or Inf loss or gradient norm raises ``DivergedError`` before anything
-is saved from the bad state, so the last checkpoint on disk stays a good one.
+is saved from the bad state, so the last checkpoint on disk stays a good one. A checkpoint that
+cannot be written (a full disk) raises ``checkpoint.SaveError`` (the CLI exits 4); the older ones
+stay intact. A damaged latest checkpoint is skipped at resume (``Checkpointer.restore``).
 """
 
 from __future__ import annotations
@@ -244,7 +246,7 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         params = load_init_params(cfg.train.init_from, cfg, mesh=mesh, rules=s.rules)
     with jax.set_mesh(mesh):
         if resume is not None:
-            state, data_state = ckpt.restore(resume, mesh=mesh, rules=s.rules, tx=s.tx)
+            state, data_state, resume = ckpt.restore(resume, mesh=mesh, rules=s.rules, tx=s.tx)
             it.set_state(data_state)
             where = f"resumed from step {resume}"
         else:
@@ -352,9 +354,11 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         finally:
             profiler.close()
             bar.close()
-            ckpt.close()  # waits for the last async save: it is complete on disk when we return
-            writer.close()
-            it.close()
+            try:
+                ckpt.close()  # waits for the last async save: it is complete on disk when we return
+            finally:
+                writer.close()
+                it.close()
 
         if summary["stopped_by"] is None and step > start_step and cfg.train.sample_tokens:
             text = _sample(cfg, s.graphdef, state.params, data.tokenizer, mesh)  # on every process, as above
