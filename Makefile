@@ -1,6 +1,6 @@
 # Quick start:  make demo       (set-up included: a virtualenv in .venv, the package, the demo run)
 #               make test       (set-up included: the test, compare, eval, wandb and notebooks extras; the default test suite)
-#               make test-slow, make test-faults   (the opt-in suites: long runs; fault injection, docs/reliability.md)
+#               make test-slow, make test-faults   (the opt-in suites: long runs; fault injection, tests/faults/)
 #               make notebooks  (set-up for notebooks/: the notebooks extra)
 # Each set-up step leaves a stamp in .venv, so `make demo` then `make test` installs only the extras.
 PYTHON ?= python3

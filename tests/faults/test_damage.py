@@ -131,7 +131,7 @@ def test_another_model_shape_is_not_damage(ref: Path, data: TextData, tmp_path: 
     from gpt3_jax.training.loop import train
 
     workdir = _copy(ref, tmp_path / "run")
-    with pytest.raises(UserError, match=r"does not match this model config \(parameter .* has shape"):
+    with pytest.raises(UserError, match=r"holds a run of another model \(parameter .* has shape"):
         train(tiny_config(workdir, data, *OVERRIDES, "model.d_model=16"), progress=False)
     assert "warning:" not in capsys.readouterr().err
     assert not any(p.name.startswith("damaged-") for p in (workdir / "checkpoints").iterdir())
