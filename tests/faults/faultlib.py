@@ -54,6 +54,8 @@ def hooked_save(self, state, data_state):
     fsize = os.environ.get("FAULT_FSIZE")
     if fsize and step >= int(fsize.split(":")[0]):
         limit = int(fsize.split(":")[1])
+        if step == int(fsize.split(":")[0]):
+            self.mgr.wait_until_finished()  # the previous step's write ends before the disk fills
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     mark(f"save {step}")
     save(self, state, data_state)
