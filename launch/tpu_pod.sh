@@ -73,6 +73,11 @@ done
 [[ -n $zone ]] || die "--zone is required (see --help)"
 [[ $action != train || ${#args[@]} -gt 0 ]] || die "nothing to run: add -- train CONFIG [overrides...] (see --help)"
 [[ $slices =~ ^[1-9][0-9]*$ ]] || die "--slices must be a positive integer, got '$slices'"
+# Names go into gcloud arguments and file names, never into a shell, but a name Cloud TPU would
+# refuse is better refused here, before anything is created.
+[[ $name =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "--name must be lowercase letters, digits and hyphens, starting with a letter, got '$name'"
+[[ $zone =~ ^[a-z0-9-]+$ ]] || die "--zone must be a zone such as us-east5-a, got '$zone'"
+[[ -z $project || $project =~ ^[a-z][-a-z0-9.:]*$ ]] || die "--project must be a project id such as my-project, got '$project'"
 
 # The TPU VMs: one, or NAME-0 .. NAME-(N-1) for N slices (a multi-slice queued resource names
 # its nodes PREFIX-i; only queued resources create several slices at once).

@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 SCRIPTS = [LAUNCH / "local.sh", LAUNCH / "tpu_pod.sh", LAUNCH / "slurm_gpu.sbatch"]
 
-# Train arguments that break naive quoting: a space, a single quote, $, a glob, a backslash.
+# Train arguments that break naive quoting: a space, a single quote, $, a glob, a backslash, and
+# ones that run a command if a shell ever evaluates them (each would create the file PWNED in the
+# shell's working directory).
+PWNED = "PWNED"
 TRICKY_ARGS = [
     "train",
     "configs/gpt3-175b.yaml",
@@ -27,6 +30,9 @@ TRICKY_ARGS = [
     "train.steps=$HOME",
     "optim.lr=*",
     "model.dtype=a\\b",
+    f"run.name=$(touch {PWNED})",
+    f"run.tag=`touch {PWNED}`",
+    f"run.note=x; touch {PWNED}",
 ]
 
 
@@ -148,6 +154,7 @@ def test_tpu_dry_run_queued(stub_path: tuple[dict[str, str], Path], tmp_path: Pa
     ready = lambda: got.exists() and (home / "gpt3-jax-train.pid").exists()
     _run_as_worker(_option(start, "--command"), home, env, record, ready)
     assert got.read_text().split("\0")[:-1] == TRICKY_ARGS
+    assert not list(tmp_path.rglob(PWNED)), "a train argument was run by the worker's shell"
 
 
 def test_tpu_dry_run_direct_and_delete(stub_path: tuple[dict[str, str], Path]) -> None:
@@ -265,11 +272,36 @@ def test_tpu_dry_run_two_slices(stub_path: tuple[dict[str, str], Path], tmp_path
         (["--name", "n", "--zone", "z", "--accelerator", "tpu9-8", "--", "train", "c"], "pass --version"),
         (["--name", "n", "--zone", "z", "--bogus"], "unknown option '--bogus'"),
         (["--name", "n", "--zone", "z", "--slices", "0", "--", "train", "c"], "--slices must be a positive"),
+        (["--name", "x; touch PWNED", "--zone", "z", "--", "train", "c"], "--name must be lowercase"),
+        (["--name", "Gpt3", "--zone", "z", "--", "train", "c"], "--name must be lowercase"),
+        (["--name", "n", "--zone", "us-east5-a;ls", "--", "train", "c"], "--zone must be a zone"),
+        (["--name", "n", "--zone", "z", "--project", "$(id)", "--", "train", "c"], "--project must be"),
     ],
 )
 def test_tpu_bad_arguments(stub_path: tuple[dict[str, str], Path], args: list[str], message: str) -> None:
     result = _tpu(stub_path[0], "--dry-run", *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_local_passes_arguments_verbatim(tmp_path: Path) -> None:
+    """local.sh hands its arguments to every process as they are: none is run by a shell."""
+    got = tmp_path / "argv"
+    stub = _stub(
+        tmp_path, "gpt3-jax-stub", f'printf "%s\\0" "$@" > {shlex.quote(str(got))}.$GPT3_JAX_PROCESS_ID\n'
+    )
+    env = {**os.environ, "GPT3_JAX": str(stub), "LOG_DIR": str(tmp_path / "logs"), "GRACE_S": "5"}
+    result = subprocess.run(
+        ["bash", str(LAUNCH / "local.sh"), "2", "1", "--", *TRICKY_ARGS],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for i in range(2):
+        assert Path(f"{got}.{i}").read_text().split("\0")[:-1] == TRICKY_ARGS
+    assert not list(tmp_path.rglob(PWNED)), "a train argument was run by a shell"
 
 
 def test_local_usage_errors() -> None:
