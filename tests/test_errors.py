@@ -23,6 +23,7 @@ import pickle
 import re
 import subprocess
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -530,6 +531,61 @@ def test_warnings_are_held_back_from_a_failing_command(monkeypatch, capsys) -> N
     monkeypatch.setattr(gpt3_jax.cli.info, "run", warn_then(fail=False))
     with pytest.warns(UserWarning, match="chatter"):
         assert main(["info", TINY]) == 0
+
+
+def test_library_error_reports_are_held_back_from_a_failing_command(monkeypatch, capsys) -> None:
+    """What Orbax's threads report about a failed save — error records on the absl and asyncio
+    loggers, "Event loop is closed" tracebacks through sys.unraisablehook — adds nothing to a
+    failing command's one line; a command that succeeds still shows the records."""
+    import logging
+
+    import gpt3_jax.cli.info
+    from gpt3_jax.errors import UserError
+
+    seen: list[str] = []
+    unraisable: list[BaseException] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(f"{record.name}: {record.getMessage()}")
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(u.exc_value))
+    handler = Seen()
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addHandler(handler)
+        monkeypatch.setattr(logging.getLogger(name), "propagate", False)
+
+    def report_then(fail: bool):
+        def run(args):
+            logging.getLogger("absl").error("a write failed")
+            logging.getLogger("asyncio").error("Task exception was never retrieved")
+            logging.getLogger("absl").warning("progress")  # below ERROR: not held
+            sys.unraisablehook(types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed")))
+            sys.unraisablehook(types.SimpleNamespace(exc_value=ValueError("something else")))
+            if fail:
+                raise UserError("saving failed; the fix")
+            return 0
+
+        return run
+
+    try:
+        monkeypatch.setattr(gpt3_jax.cli.info, "run", report_then(fail=True))
+        assert main(["info", TINY]) == 2
+        assert capsys.readouterr().err == "error: saving failed; the fix\n"
+        assert seen == ["absl: progress"]
+        assert [str(e) for e in unraisable] == ["something else"]
+        seen.clear()
+        monkeypatch.setattr(gpt3_jax.cli.info, "run", report_then(fail=False))
+        assert main(["info", TINY]) == 0
+        assert seen == [
+            "absl: progress",
+            "absl: a write failed",
+            "asyncio: Task exception was never retrieved",
+        ]
+        assert not logging.getLogger("absl").filters and not logging.getLogger("asyncio").filters
+    finally:
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).removeHandler(handler)
 
 
 @pytest.mark.parametrize("case_id", ["checkpoint-other-size-init", "convert-pickle", "data-binary"])

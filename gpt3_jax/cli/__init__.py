@@ -9,12 +9,15 @@ stderr and exit code 2, and so does any other exception (``--debug`` prints the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from gpt3_jax.errors import UserError
 
@@ -86,18 +89,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     2; so is any other exception, named by its type, with a pointer to ``--debug``, which prints the
     traceback as well. Divergence (3) and SIGINT (130) keep their own codes.
 
-    Python warnings a library raises meanwhile (torch, jax, orbax) are held back and shown once the
-    command has succeeded, so that a failing one prints its one line only; ``--debug`` shows them
-    as they come."""
+    What libraries print meanwhile about a failure (``_held_library_output``) is shown only once
+    the command has succeeded, so that a failing one prints its one line only; ``--debug`` shows it
+    as it comes. Run as the program (``argv`` None), a failed command stays quiet until the process
+    exits: Orbax's storage threads still report the parts of a failed save as they wind down."""
     args = build_parser().parse_args(argv)
     if args.debug:
         return _run(args)
-    with warnings.catch_warnings(record=True) as held:
+    with _held_library_output(keep_on_failure=argv is None) as held:
         code = _run(args)
-    if code == 0:
-        for w in held:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+        held.ok = code == 0
     return code
+
+
+def _loop_closed(exc: BaseException | None) -> bool:
+    """A callback that found its asyncio loop already closed: what Orbax's storage layer raises
+    from its own threads once a failed save has torn its loop down."""
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+class _Held(logging.Filter):
+    """Holds back the error records of the loggers through which libraries report a failure from
+    their own threads (Orbax: absl, and asyncio's "Task exception was never retrieved"), and the
+    "Event loop is closed" tracebacks those threads raise after it. ``ok`` says the command
+    succeeded; ``release()`` then emits the held records."""
+
+    LOGGERS = ("absl", "asyncio")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.ok = False
+        self._unraisablehook = sys.unraisablehook
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.records.append(record)
+        return False
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if not _loop_closed(unraisable.exc_value):
+            self._unraisablehook(unraisable)
+
+    def install(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        sys.unraisablehook = self._unraisable
+
+    def remove(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+        sys.unraisablehook = self._unraisablehook
+
+    def release(self) -> None:
+        for record in self.records:
+            logging.getLogger(record.name).handle(record)
+        self.records.clear()
+
+
+@contextlib.contextmanager
+def _held_library_output(keep_on_failure: bool) -> Iterator[_Held]:
+    """While a command runs, Python warnings (torch, jax, orbax) and library error reports
+    (``_Held``) are held back. If the command succeeded (the caller sets ``ok``) they are shown
+    afterwards; if it failed, its own one line has said what went wrong and they are dropped, and
+    with ``keep_on_failure`` the holding stays until the process exits."""
+    held = _Held()
+    held.install()
+    try:
+        with warnings.catch_warnings(record=True) as held_warnings:
+            yield held
+    finally:
+        if held.ok or not keep_on_failure:
+            held.remove()
+        if held.ok:
+            for w in held_warnings:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+            held.release()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -51,10 +51,9 @@ loop.jit_train_step = hooked
 save = checkpoint.Checkpointer.save
 def hooked_save(self, state, data_state):
     step = int(state.step)
-    fsize = os.environ.get("FAULT_FSIZE")
-    if fsize and step >= int(fsize.split(":")[0]):
-        limit = int(fsize.split(":")[1])
-        if step == int(fsize.split(":")[0]):
+    first, limit = map(int, os.environ.get("FAULT_FSIZE", "-1:0").split(":"))
+    if 0 <= first <= step:
+        if step == first:
             self.mgr.wait_until_finished()  # the previous step's write ends before the disk fills
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     mark(f"save {step}")
@@ -72,7 +71,7 @@ loop._evaluate = slowed("eval", loop._evaluate, "FAULT_EVAL_SLEEP")
 loop._sample = slowed("sample", loop._sample, "FAULT_SAMPLE_SLEEP")
 
 from gpt3_jax.cli import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main())  # as the gpt3-jax program runs it (argv from sys.argv)
 """
 
 
@@ -160,19 +159,25 @@ def restore_all(workdir: Path, step: int) -> dict[str, Any]:
     return {"arrays": jax.tree.map(np.asarray, checkpoint._pure(arrays)), "data": r["data"]}
 
 
-def final_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
-    """The parameters of ``workdir``'s checkpoint ``step`` as numpy arrays, by leaf path."""
-    import jax
-
+def final_params(workdir: Path, step: int) -> dict[str, Any]:
+    """The parameters of ``workdir``'s checkpoint ``step`` as a tree of arrays."""
     from gpt3_jax import checkpoint
 
     cfg = checkpoint.load_config(workdir / "checkpoints" / str(step))
-    params = checkpoint.restore(workdir / "checkpoints", step, cfg)["params"].to_pure_dict()
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(params)}
+    return checkpoint.restore(workdir / "checkpoints", step, cfg)["params"].to_pure_dict()
 
 
-def bitwise_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
-    """The same leaves with the same bytes (NaNs and signed zeros compared as bits)."""
-    return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes() for k in a
+def differences(a: Any, b: Any) -> list[str]:
+    """The leaf paths where two trees of arrays are not bit for bit the same (dtype, shape and
+    bytes, so NaNs and signed zeros compare as bits); a leaf in one tree only counts too."""
+    import jax
+
+    la = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(a)}
+    lb = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(b)}
+    return sorted(
+        k
+        for k in la.keys() | lb.keys()
+        if k not in la
+        or k not in lb
+        or (la[k].dtype, la[k].shape, la[k].tobytes()) != (lb[k].dtype, lb[k].shape, lb[k].tobytes())
     )
