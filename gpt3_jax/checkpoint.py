@@ -86,6 +86,10 @@ def resolve(path: paths.PathLike) -> tuple[paths.Path, int]:
     p = paths.as_path(path)
     if not p.exists():
         raise UserError(f"checkpoint {str(p)!r} not found; pass a run's workdir or a checkpoint directory")
+    if not p.is_dir():
+        raise UserError(
+            f"checkpoint {str(p)!r} is a file, not a folder; pass a run's workdir or a checkpoint directory"
+        )
     if (p / "checkpoints").is_dir():
         p = p / "checkpoints"
     if p.name.isdigit() and (p / "params").exists():

@@ -109,6 +109,8 @@ CASES = [
     C("config-placeholder-workdir", "config", "a pod preset's placeholder workdir",
       ("train", str(REPO / "configs" / "gpt3-small.yaml"), "--no-progress"), "placeholder",
       "set run.workdir=gs://YOUR_BUCKET/..."),
+    C("config-workdir-under-a-file", "config", "a run.workdir inside a file",
+      _train("run.workdir={d}/text.txt/run"), "cannot be created", "set run.workdir to a folder"),
     C("config-train-bad", "config", "train with a bad config: no workdir is created",
       _train("model.n_head=3"), "do not divide d_model", "fix the config; nothing was written"),
     # --- mesh ---
@@ -195,6 +197,9 @@ CASES = [
       _sample("--prompt", "hi", ckpt="{d}/nope"), "not found", "pass a run's workdir or a checkpoint folder"),
     C("checkpoint-empty", "checkpoint", "an empty folder", _sample("--prompt", "hi", ckpt="{d}/empty-dir"),
       "no complete checkpoint", "pass a run's workdir or a checkpoint folder"),
+    C("checkpoint-a-file", "checkpoint", "a file given as a checkpoint",
+      _sample("--prompt", "hi", ckpt="{d}/text.txt"), "is a file, not a folder",
+      "pass a run's workdir or a checkpoint folder"),
     C("checkpoint-hf-folder", "checkpoint", "a Hugging Face folder given as a checkpoint",
       _sample("--prompt", "hi", ckpt="{d}/hf"), "convert from-hf", "convert it first"),
     C("checkpoint-other-size-resume", "checkpoint", "resume a run with another model size",
@@ -217,7 +222,10 @@ CASES = [
       "give at least one token"),
     C("sample-temperature", "sampling", "a temperature below 0", _sample("--prompt", "hi", "--temperature",
       "-1"),
-      "temperature must be >= 0", "0 for greedy, or a positive temperature"),
+      "temperature must be a finite number >= 0", "0 for greedy, or a positive temperature"),
+    C("sample-temperature-nan", "sampling", "a temperature that is not a number",
+      _sample("--prompt", "hi", "--temperature", "nan"), "temperature must be a finite number >= 0",
+      "0 for greedy, or a positive temperature"),
     C("sample-top-p-zero", "sampling", "top-p of 0", _sample("--prompt", "hi", "--top-p", "0"),
       "top-p must be in (0, 1]", "a top-p in (0, 1]"),
     C("sample-top-p-above-one", "sampling", "top-p above 1", _sample("--prompt", "hi", "--top-p", "1.5"),
@@ -488,6 +496,22 @@ def test_debug_shows_the_traceback(tmp_path: Path, capsys, where: str) -> None:
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "UserError" in err
     assert err.strip().splitlines()[-1].startswith("error: config file")
+
+
+def test_a_workdir_the_system_refuses_to_create_is_one_line(folder: Path, monkeypatch, capsys) -> None:
+    """A workdir that passes the preflight but cannot be made (/proc, a read-only mount when
+    running as root): the first write's OSError is one line naming run.workdir, exit code 2."""
+    import gpt3_jax.training.loop
+
+    def refuse(workdir, cfg):
+        raise PermissionError(13, "Permission denied", str(workdir))
+
+    monkeypatch.setattr(gpt3_jax.training.loop, "Checkpointer", refuse)
+    argv = [a.replace("{d}", str(folder)) for a in _train("run.workdir={d}/refused")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    why = "cannot be created (Permission denied); set run.workdir to a folder you can write in"
+    assert err == f"error: run.workdir={folder}/refused {why}\n"
 
 
 def test_an_unexpected_error_is_one_line_too(monkeypatch, capsys) -> None:

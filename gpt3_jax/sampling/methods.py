@@ -6,6 +6,7 @@ method and settings, per shape bucket).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
@@ -64,10 +65,11 @@ Method = Greedy | Sample
 def make_method(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> Method:
     """The method for command-line style settings; temperature 0 or top-k 1 is greedy.
 
-    Raises ``UserError`` for temperature < 0, top-k < 0 or top-p outside (0, 1].
+    Raises ``UserError`` for a temperature that is negative or not finite, top-k < 0 or top-p
+    outside (0, 1].
     """
-    if temperature < 0:
-        raise UserError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 <= temperature < math.inf:  # NaN fails too
+        raise UserError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k < 0:
         raise UserError(f"top-k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:

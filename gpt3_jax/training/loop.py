@@ -219,7 +219,13 @@ def train(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     preflight(cfg, workdir)  # the workdir, checkpoints and data inputs: before anything is written
     mesh, micro = s.mesh, s.micro
 
-    ckpt = Checkpointer(workdir, cfg)
+    try:
+        ckpt = Checkpointer(workdir, cfg)  # creates the workdir: the first write
+    except OSError as exc:  # what the preflight cannot foresee (/proc, a read-only mount as root)
+        raise UserError(
+            f"run.workdir={workdir} cannot be created ({exc.strerror or exc}); set run.workdir to a "
+            "folder you can write in"
+        ) from None
     resume = ckpt.latest_step()
     data = prepare_training_data(cfg, workdir, process_index=jax.process_index(), progress=progress and main)
     if main:

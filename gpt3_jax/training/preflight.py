@@ -9,6 +9,8 @@ tokenizer are usable (``data.check_training_data``).
 
 from __future__ import annotations
 
+import os
+
 import jax
 
 from gpt3_jax import checkpoint, paths
@@ -49,6 +51,7 @@ def check_workdir(workdir: paths.Path) -> None:
     import orbax.checkpoint as ocp
 
     if not workdir.exists():
+        _check_creatable(workdir)
         return
     if not workdir.is_dir():
         raise UserError(f"run.workdir={workdir} is a file; set run.workdir to a folder")
@@ -56,6 +59,26 @@ def check_workdir(workdir: paths.Path) -> None:
         raise UserError(
             f"run.workdir={workdir} is a checkpoint folder, not a run's workdir; to start from its "
             f"weights set train.init_from={workdir} and a new run.workdir"
+        )
+
+
+def _check_creatable(workdir: paths.Path) -> None:
+    """A local ``run.workdir`` that does not exist yet must be creatable: its nearest existing
+    parent a folder this process may write in (checked, not created: nothing is written before
+    every check has passed). A bucket path is left to the bucket."""
+    if paths.is_remote(workdir):
+        return
+    parent = paths.absolute(workdir).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(
+            f"run.workdir={workdir} cannot be created: {parent} is a file; set run.workdir to a folder"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(
+            f"run.workdir={workdir} cannot be created: {parent} is not writable; set run.workdir to a "
+            "folder you can write in"
         )
 
 
