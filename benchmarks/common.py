@@ -1,6 +1,7 @@
-"""Pieces the benchmarks share: the machine's description (with its load), timing of decode loops
-interleaved between implementations, a memcpy bandwidth and a GEMM rate measured in the same run,
-and a Hugging Face GPT-2 converted to a gpt3_jax ``LanguageModel``.
+"""Pieces the benchmarks share: the machine's description (with its load), the steady-state train
+step, timing of decode loops interleaved between implementations, memcpy bandwidths (host and
+device) and a GEMM rate measured in the same run, and a Hugging Face GPT-2 converted to a gpt3_jax
+``LanguageModel``.
 
 Scripts in this folder import it as ``common`` (``python benchmarks/X.py`` puts the folder on
 ``sys.path``). Every benchmark prints ``machine_info()`` so that a number never travels without
@@ -58,6 +59,19 @@ def memcpy_bandwidth(size_mb: int = 512, repeats: int = 5) -> float:
     return 2 * src.nbytes / best
 
 
+def device_copy_bandwidth(size_mb: int = 1024, repeats: int = 5) -> float:
+    """Bytes moved (read + write) per second by one jitted copy of a ``size_mb`` MiB array on the
+    default device; best of ``repeats``. The accelerator's counterpart of ``memcpy_bandwidth``."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones(size_mb * 2**20 // 4, jnp.float32)
+    copy = jax.jit(jnp.copy)  # a new buffer: the input is not donated, so XLA must copy it
+    copy(x).block_until_ready()
+    best = min(timed(lambda: copy(x).block_until_ready()) for _ in range(repeats))
+    return 2 * x.nbytes / best
+
+
 def gemm_rate(m: int, k: int, n: int, dtype: Any = None, repeats: int = 5) -> float:
     """FLOP/s of one jitted [m, k] × [k, n] matmul on the default device; best of ``repeats``.
     The yardstick for a model's FLOP rate: what XLA gets from a plain product of its shapes."""
@@ -77,6 +91,37 @@ def timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def train_runner(cfg: Any, seed: int = 0) -> tuple[Callable[[int], float], np.ndarray]:
+    """(run k steps → wall seconds, the token ids) for the trainer's own jitted step
+    (``training.step.jit_train_step``) of ``cfg`` on one device, on one fixed random batch of
+    ids [micro_batches, micro-batch, n_ctx + 1] (inputs and targets are its two shifted views).
+    ``run`` waits for the last step's metrics, so its seconds cover the device work."""
+    import jax
+    import jax.numpy as jnp
+
+    from gpt3_jax.training.setup import setup
+    from gpt3_jax.training.state import init_state
+    from gpt3_jax.training.step import jit_train_step
+
+    s = setup(cfg, jax.devices()[:1])
+    m, t = cfg.train.micro_batches, cfg.model.n_ctx
+    ids = np.random.default_rng(seed).integers(0, cfg.model.vocab_size, (m, s.micro, t + 1))
+    batch = {"inputs": jnp.asarray(ids[..., :-1], jnp.int32), "targets": jnp.asarray(ids[..., 1:], jnp.int32)}
+    with jax.set_mesh(s.mesh):
+        box = [init_state(cfg, s.tx, s.shardings)]  # the step donates its state: keep the newest
+        step = jit_train_step(s)
+
+    def run(k: int) -> float:
+        with jax.set_mesh(s.mesh):
+            t0 = time.perf_counter()
+            for _ in range(k):
+                box[0], metrics = step(box[0], batch)
+            jax.block_until_ready(metrics)
+            return time.perf_counter() - t0
+
+    return run, ids
 
 
 def decode_rate(generate: Callable[[int], Any], n: int, best_of: int = 3) -> float:
@@ -144,10 +189,13 @@ def decode_comparison(
 ) -> dict[str, Any]:
     """Greedy KV-cache decoding of ``lm`` (and ``hf``, the same weights, unless None) at ``batch``
     from one random prompt per row, timed back to back per repeat; medians, every repeat's rates,
-    and the memory-bandwidth bound: one step's bytes (every parameter, plus the KV cache at half
-    the generation) ÷ ``bandwidth`` (bytes read + written per second)."""
+    and the memory-bandwidth bound: one step's bytes (every parameter, plus the keys and values
+    of the KV cache at half the generation, local layers holding their window only) ÷
+    ``bandwidth`` (bytes read + written per second)."""
     import jax
     from flax import nnx
+
+    from gpt3_jax.model import LayerCache, init_cache
 
     m = lm.cfg.model
     prompts = np.random.default_rng(0).integers(0, m.vocab_size, (batch, prompt_len))
@@ -156,12 +204,15 @@ def decode_comparison(
         generators["hf"] = hf_greedy(hf, prompts)
     rates = interleaved_rates(generators, new_tokens, repeats)
     ours = float(np.median(rates["ours"]))
-    itemsize = jax.tree.leaves(nnx.state(lm.model, nnx.Param))[0].dtype.itemsize
-    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(lm.model, nnx.Param)))
-    cache = 2 * m.n_layer * batch * (prompt_len + new_tokens // 2) * m.d_model * itemsize
-    bound = bandwidth / (n_params * itemsize + cache)
+    param_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(lm.model, nnx.Param)))
+    caches = jax.tree.leaves(
+        jax.eval_shape(lambda: init_cache(m, batch, prompt_len + new_tokens // 2)),
+        is_leaf=lambda x: isinstance(x, LayerCache),
+    )
+    step_bytes = param_bytes + sum(2 * c.k.size * c.k.dtype.itemsize for c in caches)
+    bound = bandwidth / step_bytes
     row: dict[str, Any] = {"batch": batch, "ours_tok_s": ours * batch, "ours_steps_s": ours}
-    row |= {"bound_steps_s": bound, "bandwidth_fraction": ours / bound}
+    row |= {"bound_steps_s": bound, "bandwidth_fraction": ours / bound, "step_bytes": step_bytes}
     row["ours_steps_s_each"] = [round(r, 2) for r in rates["ours"]]
     if hf is not None:
         theirs = float(np.median(rates["hf"]))

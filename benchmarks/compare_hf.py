@@ -34,6 +34,7 @@ from common import (
     machine_info,
     memcpy_bandwidth,
     rounded,
+    train_runner,
 )
 
 FULL = dict(n_layer=6, d_model=384, n_head=6, n_ctx=256, vocab_size=8192, batch=8)
@@ -41,15 +42,10 @@ SMOKE = dict(n_layer=2, d_model=64, n_head=2, n_ctx=128, vocab_size=256, batch=2
 
 
 def ours_trainer(shape: dict, layers: str, lr: float = 6e-4):
-    """(run k steps → seconds, model FLOPs per token) for our jitted train step on a fixed batch."""
-    import jax
-    import jax.numpy as jnp
-
+    """(run k steps → seconds, model FLOPs per token, the batch's ids) for our jitted train step
+    on a fixed batch (``common.train_runner``)."""
     from gpt3_jax.config import load_config
     from gpt3_jax.info import count
-    from gpt3_jax.training.setup import setup
-    from gpt3_jax.training.state import init_state
-    from gpt3_jax.training.step import jit_train_step
 
     over = [f"model.{k}={shape[k]}" for k in ("n_layer", "d_model", "n_head", "n_ctx", "vocab_size")]
     over += ["model.attention_pattern=[dense]", "model.dtype=float32", "model.remat=none"]
@@ -57,22 +53,7 @@ def ours_trainer(shape: dict, layers: str, lr: float = 6e-4):
     over += [f"train.batch_size={shape['batch']}"]
     over += [f"optim.lr={lr}", "optim.warmup_tokens=0", "optim.weight_decay=0.1", "optim.grad_clip=1.0"]
     cfg = load_config(None, over)
-    s = setup(cfg, jax.devices()[:1])  # one device, as the PyTorch side
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, shape["vocab_size"], (1, shape["batch"], shape["n_ctx"] + 1))
-    batch = {"inputs": jnp.asarray(ids[..., :-1], jnp.int32), "targets": jnp.asarray(ids[..., 1:], jnp.int32)}
-    with jax.set_mesh(s.mesh):
-        box = [init_state(cfg, s.tx, s.shardings)]
-        step = jit_train_step(s)
-
-    def run(k: int) -> float:
-        with jax.set_mesh(s.mesh):
-            t0 = time.perf_counter()
-            for _ in range(k):
-                box[0], metrics = step(box[0], batch)
-            jax.block_until_ready(metrics)
-            return time.perf_counter() - t0
-
+    run, ids = train_runner(cfg)  # one device, as the PyTorch side
     return run, count(cfg.model).model_flops_per_token, ids
 
 
