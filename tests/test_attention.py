@@ -27,9 +27,9 @@ def _reference(q, k, v, window):
 
 
 @pytest.mark.parametrize("window", WINDOWS)
-@pytest.mark.parametrize("block", [8, 16, 40])
+@pytest.mark.parametrize("block", [16, 40])
 def test_blockwise_equals_reference_forward_and_gradients(window, block) -> None:
-    q, k, v = _qkv(40)  # 40 positions: the last block is short for blocks of 16
+    q, k, v = _qkv(40)  # 40 positions: blocks of 16 are 3 (the last short), of 40 one
     np.testing.assert_allclose(
         blockwise(q, k, v, window=window, block=block), _reference(q, k, v, window), atol=2e-6
     )
@@ -79,18 +79,19 @@ def test_cudnn_call_arguments_mean_our_mask(window) -> None:
 
 
 def test_model_with_blockwise_equals_model_with_xla(tiny_model_config) -> None:
-    cfg = dataclasses.replace(tiny_model_config, attention_impl="xla", attention_block=16)
+    # two layers: one dense, one banded (the pattern alternates)
+    cfg = dataclasses.replace(tiny_model_config, n_layer=2, attention_impl="xla", attention_block=32)
     ref = GPT(cfg, rngs=nnx.Rngs(0))
     blocked = GPT(dataclasses.replace(cfg, attention_impl="blockwise"), rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 64), 0, cfg.vocab_size)
-    np.testing.assert_allclose(blocked(tokens)[0], ref(tokens)[0], atol=2e-5)
+    forward = nnx.jit(lambda model: model(tokens)[0])
+    np.testing.assert_allclose(forward(blocked), forward(ref), atol=2e-5)
 
-    def loss(model):
-        return jnp.mean(model(tokens)[0] ** 2)
+    @nnx.jit
+    def grads(model):
+        return nnx.grad(lambda m: jnp.mean(m(tokens)[0] ** 2))(model)
 
-    for a, b in zip(
-        jax.tree.leaves(nnx.grad(loss)(blocked)), jax.tree.leaves(nnx.grad(loss)(ref)), strict=True
-    ):
+    for a, b in zip(jax.tree.leaves(grads(blocked)), jax.tree.leaves(grads(ref)), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 

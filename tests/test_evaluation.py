@@ -381,6 +381,7 @@ def _tensorboard_scalars(workdir: Path) -> dict[str, dict[int, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_training_logs_task_accuracy(gpt2_style_tokenizer: Path, tasks, tmp_path: Path) -> None:
     """``train.eval_tasks``: every eval logs each task's accuracy (and accuracy_norm or
     loglikelihood) to metrics.jsonl and TensorBoard, the numbers ``evaluate`` gives for the

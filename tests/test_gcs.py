@@ -53,6 +53,7 @@ def _train(workdir: str, *extra: str) -> dict:
     return train(load_config(ROOT / "configs" / "tiny.yaml", _overrides(workdir, *extra)), progress=False)
 
 
+@pytest.mark.slow
 def test_a_run_in_a_bucket(bucket_data: dict[str, str], gcs: str, capsys) -> None:
     from gpt3_jax import checkpoint
     from gpt3_jax.training.metrics import read_metrics

@@ -87,6 +87,7 @@ def test_sample_and_eval_use_gpt2_ids(hf_dir: Path, ckpt: Path, tmp_path: Path, 
     assert json.loads(out)["tokens"] == len(tok.encode(text.read_text()))  # [eot, *ids]: every id scored
 
 
+@pytest.mark.slow
 def test_fine_tuning_keeps_the_gpt2_tokenizer(hf_dir: Path, ckpt: Path, tmp_path: Path) -> None:
     """``train.init_from`` a converted GPT-2 with no data.tokenizer: the data is prepared with
     GPT-2's BPE and the run stores that tokenizer beside its checkpoints."""

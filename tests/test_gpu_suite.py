@@ -62,6 +62,7 @@ def check_decode(rows: list[list[str]], configs: list[str], batches: list[str]) 
         assert len(row) == 9 and positive(row[2:8]) and float(row[8]) >= 0, row  # tokens/s … copy %; wall s
 
 
+@pytest.mark.slow
 def test_smoke_one_config() -> None:
     """Small only, one decode batch: a measured row, cudnn's reason, and the flags in force."""
     out, rows = run_suite("--configs", "small", "--impls", "xla", "cudnn", "--decode-batches", "1")

@@ -98,6 +98,7 @@ def _simple_evaluate(ckpt: Path, task_dir: Path, tasks: list[str]) -> dict:
     )
 
 
+@pytest.mark.slow
 def test_harness_tasks_give_our_numbers(ckpt: Path, task_dir: Path) -> None:
     out = _simple_evaluate(ckpt, task_dir, ["gpt3jax_choices", "gpt3jax_completion"])
     lm = load(ckpt)
@@ -155,6 +156,7 @@ def test_generate_until_is_greedy_generation(ckpt: Path) -> None:
         adapter.generate_until([SimpleNamespace(args=("x", {"num_beams": 4}))])
 
 
+@pytest.mark.slow
 def test_command_line_runs_a_local_task(ckpt: Path, task_dir: Path, tmp_path: Path, capsys) -> None:
     """``python -m gpt3_jax.evaluation`` is ``lm_eval`` with ``--model gpt3_jax`` known."""
     code = main(

@@ -79,6 +79,7 @@ def test_plan_compiles_the_trainers_step(monkeypatch, capsys):
     assert lowered[0].as_text() == trainer.as_text()
 
 
+@pytest.mark.slow
 def test_plan_slices_shard_within_a_slice(capsys):
     """``--slices 2``: the 8 devices form two simulated slices, mesh.dcn_data=2 puts data
     parallelism across them, so fsdp covers a slice's 4 devices and each device holds twice the

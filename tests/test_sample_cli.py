@@ -154,6 +154,7 @@ def _reference_loss(ckpt: Path, windows: int, length: int) -> float:
     return float(-np.take_along_axis(logp, rows[:, 1:, None], -1).mean())
 
 
+@pytest.mark.slow
 def test_sampling_notebook_cells_run(ckpt: Path, capsys, monkeypatch) -> None:
     """The code of notebooks/sample_from_checkpoint.ipynb, every cell in order, in this process
     against the tiny checkpoint (its parameters cell replaced; the test's 8 simulated devices serve

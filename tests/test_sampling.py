@@ -218,6 +218,7 @@ print(params, sum(a.nbytes for a in jax.live_arrays()))
 """
 
 
+@pytest.mark.slow
 def test_sampler_holds_no_copy_of_the_weights(tmp_path) -> None:
     """Loaded and generated from (in a fresh process: nothing else alive), the live device buffers
     are the parameters plus little more (the KV cache, the produced tokens): no second copy of the

@@ -3,8 +3,8 @@ flipped — is caught at restore; the run says so in one warning line naming the
 from the previous complete checkpoint, ending bit for bit where an undamaged run ends. When no
 step is usable the error says so and what to do. A checkpoint of another model is not damage.
 
-In-process and seconds-fast (the default suite): one 6-step run saving at steps 2, 4 and 6 is
-copied and damaged for each case.
+In-process (``make test-faults``, about 1.5 minutes): one 6-step run saving at steps 2, 4 and 6
+is copied and damaged for each case.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from test_training import TextData, make_text_data, tiny_config
 from test_training import compilation_cache as compilation_cache  # noqa: F401 - autouse fixture
 
 from gpt3_jax.errors import UserError
+
+pytestmark = pytest.mark.faults
 
 OVERRIDES = ("train.steps=6", "checkpoint.every=2", "checkpoint.keep=3")
 
