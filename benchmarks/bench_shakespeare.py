@@ -5,9 +5,14 @@ or ``--text FILE``) in a fresh workdir (so the tokenizer and data preparation ar
 time), reads the final validation loss from its metrics.jsonl, and checks it against nanoGPT's
 1.88 (goal: ≤ 1.90). With ``--nanogpt`` it also times ``benchmarks/nanogpt_shakespeare_char.py``
 (a PyTorch re-implementation of nanoGPT for the same setting) on the same machine, one after the
-other.
+other. With ``--nanogpt-dir PATH`` it times nanoGPT itself instead, from a checkout of
+karpathy/nanoGPT (nothing is downloaded): a temporary copy of the checkout gets the same text as
+``data/shakespeare_char/input.txt`` (so its ``prepare.py`` finds it and fetches nothing), runs
+``prepare.py`` and then ``train.py config/train_shakespeare_char.py`` with its README's CPU
+setting (``NANOGPT_ARGS``); nanoGPT's time is all in as well (data preparation, every eval).
 
     python benchmarks/bench_shakespeare.py --nanogpt
+    python benchmarks/bench_shakespeare.py --nanogpt-dir ~/src/nanoGPT
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,6 +67,37 @@ def run_nanogpt(text: Path, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# nanoGPT's README, "I only have a macbook" (CPU), with the evals this benchmark's preset makes
+NANOGPT_ARGS = (
+    "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64",
+    "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+    "--lr_decay_iters=2000", "--dropout=0.0",
+)  # fmt: skip
+NANOGPT_EVAL = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
+
+
+def run_nanogpt_checkout(checkout: Path, text: Path) -> dict:
+    """nanoGPT's own train.py on ``text``, in a temporary copy of ``checkout``; all-in wall time
+    and its last eval (nanoGPT's val loss: the mean of ``eval_iters`` random batches)."""
+    if not (checkout / "train.py").is_file() or not (checkout / "data" / "shakespeare_char").is_dir():
+        sys.exit(f"error: {checkout} is not a nanoGPT checkout (no train.py, data/shakespeare_char)")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "nanoGPT"
+        shutil.copytree(checkout, copy, ignore=shutil.ignore_patterns(".git", "out-*", "*.bin", "*.pkl"))
+        shutil.copyfile(text, copy / "data" / "shakespeare_char" / "input.txt")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "data/shakespeare_char/prepare.py"], check=True, cwd=copy,
+                       capture_output=True)  # fmt: skip
+        cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_ARGS]
+        out = subprocess.run(cmd, check=True, cwd=copy, capture_output=True, text=True).stdout
+        wall = time.perf_counter() - t0
+    evals = NANOGPT_EVAL.findall(out)
+    if not evals:
+        sys.exit("error: nanoGPT printed no 'step N: train loss X, val loss Y' line")
+    step, _, val = evals[-1]
+    return {"val_loss": float(val), "step": int(step), "wall_s": wall, "command": " ".join(cmd[1:])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,22 +107,31 @@ def main() -> None:
         "--nanogpt", action="store_true", help="also time the PyTorch nanoGPT re-implementation"
     )
     parser.add_argument("--nanogpt-threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument(
+        "--nanogpt-dir", type=Path, help="a karpathy/nanoGPT checkout: time nanoGPT itself, after ours"
+    )
     parser.add_argument("--workdir", type=Path, help="default: a fresh temporary folder")
     parser.add_argument("overrides", nargs="*", help="extra section.key=value overrides for our run")
     args = parser.parse_args()
     text = args.text.resolve() if args.text else None
 
+    load = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp) / "run"
         ours = run_ours(text, workdir, args.overrides)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "date": time.strftime("%Y-%m-%d"),
+        "load_average_at_start": load,
         "gpt3_jax": ours,
         "passes": ours["val_loss"] <= TARGET,
     }
     if args.nanogpt:
         result["nanogpt_pytorch"] = run_nanogpt(text or SHAKESPEARE, args.nanogpt_threads)
+    if args.nanogpt_dir:
+        theirs = result["nanogpt"] = run_nanogpt_checkout(args.nanogpt_dir.expanduser(), text or SHAKESPEARE)
+        result["wall_ratio"] = ours["wall_s"] / theirs["wall_s"]  # ours ÷ nanoGPT's; target ≤ 1
+        result["meets_speed"] = result["wall_ratio"] <= 1.0
     print(json.dumps(result, indent=2))
     sys.exit(0 if result["passes"] else 1)
 

@@ -32,6 +32,7 @@ def positive(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow
 @pytest.mark.compare
 def test_compare_hf_smoke_prints_the_ratios() -> None:
     pytest.importorskip("torch")
@@ -44,6 +45,7 @@ def test_compare_hf_smoke_prints_the_ratios() -> None:
     assert len(out["load_average"]) == 3 and out["date"] and out["machine"]
 
 
+@pytest.mark.slow
 def test_bench_attention_smoke_prints_both_ratios() -> None:
     out = run_json("bench_attention.py")
     assert positive(out["banded_ratio"]) and positive(out["dense_ratio"])
@@ -51,3 +53,37 @@ def test_bench_attention_smoke_prints_both_ratios() -> None:
     assert kinds == {("local", 64), ("dense", 64)}
     assert all(positive(r["xla_s"]) and positive(r["blockwise_s"]) for r in out["rows"])
     assert len(out["load_average"]) == 3
+
+
+def test_nanogpt_checkout_runs_with_our_text_and_the_readme_setting(tmp_path: Path) -> None:
+    """``bench_shakespeare.py --nanogpt-dir``: nanoGPT's prepare.py finds our text (so it downloads
+    nothing), train.py gets the README's CPU setting, and its last eval line is read. The checkout
+    here is a stand-in with nanoGPT's layout whose scripts record what they were given."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_shakespeare import NANOGPT_ARGS, run_nanogpt_checkout
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    checkout = tmp_path / "nanoGPT"
+    (checkout / "data" / "shakespeare_char").mkdir(parents=True)
+    (checkout / "config").mkdir()
+    (checkout / "config" / "train_shakespeare_char.py").write_text("")
+    (checkout / "data" / "shakespeare_char" / "prepare.py").write_text(
+        "import os, sys\nd = os.path.dirname(__file__)\n"
+        "assert os.path.exists(os.path.join(d, 'input.txt')), 'would download'\n"
+        "open(os.path.join(d, 'train.bin'), 'w').write(open(os.path.join(d, 'input.txt')).read())\n"
+    )
+    (checkout / "train.py").write_text(
+        "import sys\nassert open('data/shakespeare_char/train.bin').read() == 'to be or not'\n"
+        "print('step 0: train loss 4.2000, val loss 4.3000')\n"
+        "val = '1.8800' if '--max_iters=2000' in sys.argv else '9'\n"
+        "print('step 2000: train loss 1.6000, val loss ' + val)\n"
+    )
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not")
+    out = run_nanogpt_checkout(checkout, text)
+    assert out["val_loss"] == 1.88 and out["step"] == 2000 and positive(out["wall_s"])
+    assert out["command"] == "train.py config/train_shakespeare_char.py " + " ".join(NANOGPT_ARGS)
+    assert not (checkout / "data" / "shakespeare_char" / "input.txt").exists()  # the checkout is untouched
+    with pytest.raises(SystemExit, match="not a nanoGPT checkout"):
+        run_nanogpt_checkout(tmp_path, text)
