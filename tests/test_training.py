@@ -293,12 +293,17 @@ def test_two_30_step_cli_runs_are_bitwise_identical(data: TextData, tmp_path: Pa
 
 def test_profile_steps_write_a_trace(data: TextData, tmp_path: Path) -> None:
     """``train.profile_steps=[2, 3]`` leaves a jax.profiler trace under the workdir, in the layout
-    TensorBoard's profile plugin reads (plugins/profile/<run>/<host>.xplane.pb), with the steps in it."""
+    TensorBoard's profile plugin reads (plugins/profile/<run>/<host>.xplane.pb), with the steps in it,
+    and the same trace for Perfetto beside it."""
+    import gzip
+
     from gpt3_jax.training.loop import train
 
     train(tiny_config(tmp_path, data, "train.steps=4", "train.profile_steps=[2,3]"), progress=False)
     traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 1000
     assert b"train_step" in traces[0].read_bytes()  # the jitted step ran while tracing
+    perfetto = json.loads(gzip.decompress((traces[0].parent / "perfetto_trace.json.gz").read_bytes()))
+    assert any("train_step" in event.get("name", "") for event in perfetto["traceEvents"])
     with pytest.raises(UserError, match=r"train.profile_steps: got \[3, 2\]"):
         tiny_config(tmp_path, data, "train.profile_steps=[3,2]")

@@ -77,9 +77,10 @@ class _StopSignals:
 
 
 class _Profiler:
-    """A ``jax.profiler`` trace of steps [start, stop] into ``WORKDIR/plugins/profile/`` (every
-    process traces its own host), for TensorBoard's profile plugin or Perfetto. A ``gs://`` workdir
-    gets the trace written locally and uploaded when it stops (``paths.staged_dir``)."""
+    """A ``jax.profiler`` trace of steps [start, stop] into ``WORKDIR/plugins/profile/<run>/`` (every
+    process traces its own host): ``<host>.xplane.pb`` for TensorBoard's profile plugin and
+    ``perfetto_trace.json.gz`` for ui.perfetto.dev. A ``gs://`` workdir gets the trace written
+    locally and uploaded when it stops (``paths.staged_dir``)."""
 
     def __init__(self, steps: tuple[int, ...], workdir: Any, main: bool):
         self.start, self.stop = steps if steps else (0, -1)
@@ -89,7 +90,8 @@ class _Profiler:
     def before(self, step: int) -> None:
         if step == self.start:
             self.staged = contextlib.ExitStack()
-            jax.profiler.start_trace(str(self.staged.enter_context(paths.staged_dir(self.workdir))))
+            where = self.staged.enter_context(paths.staged_dir(self.workdir))
+            jax.profiler.start_trace(str(where), create_perfetto_trace=True)
 
     def after(self, step: int, metrics: Any) -> None:
         if self.staged is not None and step == self.stop:
