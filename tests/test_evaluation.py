@@ -481,6 +481,7 @@ def test_shipped_tasks_are_what_make_tasks_writes(tmp_path: Path) -> None:
         assert valid == [i == ex.gold for i in range(len(ex.choices))]
 
 
+@pytest.mark.slow
 def test_every_process_scores_the_same(ckpt: Path, tasks, tmp_path: Path) -> None:
     """2 processes × 2 devices, the parameters sharded over a mesh that spans both: each process
     runs the same batches and gets the numbers of one process alone (what training relies on)."""

@@ -133,6 +133,7 @@ def test_rolling_log_likelihood_is_the_text_score(ckpt: Path) -> None:
         assert total == pytest.approx(lm.score(text).log_likelihood, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_generate_until_is_greedy_generation(ckpt: Path) -> None:
     """Greedy continuations cut at the stop strings; the prompt keeps its last n_ctx - max_gen_toks
     tokens, as the harness's own models cut it."""

@@ -178,6 +178,7 @@ def test_cross_process_collective(tmp_path: Path) -> None:
     assert "RESULT 1 2 4 6.0 False True" in (tmp_path / "logs" / "process_1.log").read_text()
 
 
+@pytest.mark.slow
 def test_dead_process_stops_the_others(tmp_path: Path) -> None:
     """SIGKILL one process mid-collective: the other exits by itself within the heartbeat
     timeout (local.sh's grace period is far longer), naming the cause; local.sh fails."""
@@ -264,6 +265,7 @@ def test_check_shared_sees_one_folder_or_fails_on_every_process(tmp_path: Path) 
     assert not list((tmp_path / "shared" / ".processes").iterdir())  # process 0 removed the markers
 
 
+@pytest.mark.slow
 def test_train_with_a_workdir_per_host_stops_in_seconds(tmp_path: Path) -> None:
     """Two processes, each given its own local run.workdir (as two hosts with local disks would
     be): both stop within 30 s with one line naming the fix, and exit code 2."""

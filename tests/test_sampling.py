@@ -240,6 +240,7 @@ def test_sampler_holds_no_copy_of_the_weights(tmp_path) -> None:
     assert params <= live <= 1.1 * params, (live, params)
 
 
+@pytest.mark.slow
 def test_custom_rules_reach_generation_on_a_2x2_mesh(tmp_path, model: GPT) -> None:
     """A model loaded with a custom rules table on a 2×2 mesh is sharded by it, its activations
     are constrained by it (seen in the compiled program), and it generates what one device does."""

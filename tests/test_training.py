@@ -233,6 +233,7 @@ def test_init_from_wrong_shape_is_one_line_error(data: TextData, tmp_path: Path)
         train(cfg, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.compare
 def test_fine_tune_converted_gpt2_lowers_the_loss(data: TextData, tmp_path: Path) -> None:
     """A random GPT-2 (transformers) → ``convert.from_hf`` → params-only checkpoint →
