@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import load_average
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT / "gpt3_jax" / "data" / "corpora" / "tinyshakespeare.txt"  # the preset's corpus
 TARGET = 1.90
@@ -115,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     text = args.text.resolve() if args.text else None
 
-    load = [round(x, 2) for x in os.getloadavg()]
+    load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp) / "run"
         ours = run_ours(text, workdir, args.overrides)
