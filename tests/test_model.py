@@ -244,3 +244,31 @@ def test_abstract_model_builds_inside_and_outside_a_mesh(tiny_model_config):
         return jax.tree.map(lambda v: (v.shape, sharding.logical_names(v)), state, is_leaf=is_var)
 
     assert described(outside) == described(inside)
+
+
+@pytest.mark.parametrize("size", [5, 8])
+def test_mask_vocab_masks_only_the_padding(size: int) -> None:
+    """Columns >= size take no probability mass; with nothing to mask (size = width, the
+    shortcut that skips the select) the logits and the loss and its gradient are the select's."""
+    import optax
+
+    from gpt3_jax.model import mask_vocab
+
+    logits = jax.random.normal(jax.random.key(0), (3, 8))
+    targets = jnp.array([0, 2, 4])
+    masked = mask_vocab(logits, size)
+    np.testing.assert_array_equal(masked[:, :size], logits[:, :size])
+    assert (np.asarray(jax.nn.softmax(masked)[:, size:]) == 0).all()
+
+    def select(x: jax.Array) -> jax.Array:  # the plain form, always a select
+        return jnp.where(jnp.arange(x.shape[-1]) < size, x, jnp.finfo(x.dtype).min)
+
+    def loss_and_grad(form):
+        def loss(x: jax.Array) -> jax.Array:
+            return optax.softmax_cross_entropy_with_integer_labels(form(x), targets).mean()
+
+        return jax.value_and_grad(loss)(logits)
+
+    ours, plain = loss_and_grad(lambda x: mask_vocab(x, size)), loss_and_grad(select)
+    for a, b in zip(ours, plain, strict=True):
+        np.testing.assert_array_equal(a, b)
