@@ -87,3 +87,14 @@ def test_nanogpt_checkout_runs_with_our_text_and_the_readme_setting(tmp_path: Pa
     assert not (checkout / "data" / "shakespeare_char" / "input.txt").exists()  # the checkout is untouched
     with pytest.raises(SystemExit, match="not a nanoGPT checkout"):
         run_nanogpt_checkout(tmp_path, text)
+
+
+@pytest.mark.slow
+def test_bench_loss_smoke_prints_both_forms() -> None:
+    out = run_json("bench_loss.py")
+    for key in ("loss_ms_no_select", "loss_ms_select", "step_tok_s_no_select", "step_tok_s_select"):
+        assert positive(out[key]), key
+    assert out["loss_ratio"] == pytest.approx(out["loss_ms_select"] / out["loss_ms_no_select"], rel=1e-2)
+    assert out["step_ratio"] == pytest.approx(
+        out["step_tok_s_no_select"] / out["step_tok_s_select"], rel=1e-2
+    )

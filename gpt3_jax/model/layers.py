@@ -44,8 +44,7 @@ def mask_vocab(logits: jax.Array, size: int) -> jax.Array:
     """Logits [..., v_padded] with ids >= ``size`` (vocabulary padding, or ids a tokenizer lacks)
     set to the lowest float: they never take probability mass or get chosen. When ``size`` covers
     every column the logits come back as they are: the select would be a full pass over [.., v]
-    in the forward and again in the backward for nothing (a quarter of the unembedding and
-    loss's gradient time at v 8192 on CPU, docs/performance.md)."""
+    in the forward and again in the backward for nothing (``benchmarks/bench_loss.py``)."""
     if size >= logits.shape[-1]:
         return logits
     return jnp.where(jnp.arange(logits.shape[-1]) < size, logits, jnp.finfo(logits.dtype).min)
