@@ -40,6 +40,8 @@ _EXPORTS = {
     # checkpoints
     "load_model": "gpt3_jax.checkpoint",
     "UserError": "gpt3_jax.errors",
+    # XLA:CPU runs: keep each step's working memory (gpt3_jax.hostmem)
+    "keep_cpu_buffers": "gpt3_jax.hostmem",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -98,3 +98,13 @@ def test_bench_loss_smoke_prints_both_forms() -> None:
     assert out["step_ratio"] == pytest.approx(
         out["step_tok_s_no_select"] / out["step_tok_s_select"], rel=1e-2
     )
+
+
+@pytest.mark.slow
+def test_bench_host_memory_smoke_runs_both_modes() -> None:
+    out = run_json("bench_host_memory.py")
+    for key in ("keep_tok_s", "plain_tok_s"):
+        assert positive(out[key]), key
+    for key in ("keep_faults_per_step", "plain_faults_per_step", "keep_sys_ms_per_step"):
+        assert out[key] >= 0, key
+    assert out["speedup"] == pytest.approx(out["keep_tok_s"] / out["plain_tok_s"], rel=1e-2)

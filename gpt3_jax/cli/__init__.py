@@ -92,8 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     What libraries print meanwhile about a failure (``_held_library_output``) is shown only once
     the command has succeeded, so that a failing one prints its one line only; ``--debug`` shows it
     as it comes. Run as the program (``argv`` None), a failed command stays quiet until the process
-    exits: Orbax's storage threads still report the parts of a failed save as they wind down."""
+    exits: Orbax's storage threads still report the parts of a failed save as they wind down.
+    Run as the program, the commands that run models also keep XLA:CPU's working memory between
+    steps (``gpt3_jax.hostmem``); called from Python, the caller's process is left as it is."""
     args = build_parser().parse_args(argv)
+    args.own_process = argv is None  # run as the program: process-wide settings are ours to make
     if args.debug:
         return _run(args)
     with _held_library_output(keep_on_failure=argv is None) as held:

@@ -18,3 +18,24 @@ def config_from_args(args: argparse.Namespace) -> Config:
     from gpt3_jax.config import load_config
 
     return load_config(args.config, args.overrides)
+
+
+def add_host_memory_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plain-host-memory",
+        action="store_true",
+        help="on a CPU backend, leave the allocator and JAX's dispatch as they are: memory goes back "
+        "to the system after each step, and each step faults it in again (slower; default: kept, "
+        "see gpt3_jax/hostmem.py)",
+    )
+
+
+def keep_cpu_buffers(args: argparse.Namespace) -> None:
+    """For the commands that run models: when ``gpt3-jax`` runs as the program (not ``main`` called
+    from Python) and ``--plain-host-memory`` is not given, keep XLA:CPU's working memory between
+    executions (``gpt3_jax.hostmem``). Call it before the first device use (after
+    ``distributed.initialize``)."""
+    if getattr(args, "own_process", False) and not args.plain_host_memory:
+        from gpt3_jax.hostmem import keep_cpu_buffers as keep
+
+        keep()

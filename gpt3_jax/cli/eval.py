@@ -8,6 +8,8 @@ import json
 import math
 import sys
 
+from gpt3_jax.cli.common import add_host_memory_arg, keep_cpu_buffers
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -49,6 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print {loss, perplexity, tokens} as JSON; with --task, the scores and every example's",
     )
+    add_host_memory_arg(parser)
     parser.set_defaults(run=run)
 
 
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.max_batches < 0 or args.seq_len < 0:
         raise UserError("--batch-size must be >= 1, --max-batches and --seq-len >= 0")
+    keep_cpu_buffers(args)
     if args.task:
         return _run_task(args)
     lm = load(args.checkpoint, tokenizer=args.tokenizer)

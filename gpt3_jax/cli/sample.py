@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from gpt3_jax.cli.common import add_host_memory_arg, keep_cpu_buffers
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -36,6 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--logprobs", action="store_true", help="with --json: log-probability of each id")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    add_host_memory_arg(parser)
     parser.set_defaults(run=run)
 
 
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    keep_cpu_buffers(args)
     lm = load(args.checkpoint, tokenizer=args.tokenizer)
     prompt = _prompt(args, lm)
     lm.sampler.prepare([prompt], args.max_new_tokens)  # empty or too long: fail before compiling

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from gpt3_jax import distributed
-from gpt3_jax.cli.common import add_config_args, config_from_args
+from gpt3_jax.cli.common import add_config_args, add_host_memory_arg, config_from_args, keep_cpu_buffers
 
 HELP = """\
 Trains the config's model in run.workdir. If the workdir holds a checkpoint, the run resumes from
@@ -48,11 +48,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     distributed.add_arguments(parser)
+    add_host_memory_arg(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any JAX device use
+    keep_cpu_buffers(args)
     from gpt3_jax.checkpoint import SaveError
     from gpt3_jax.training.loop import DivergedError, train
 

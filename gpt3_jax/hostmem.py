@@ -1,0 +1,49 @@
+"""Host memory for XLA:CPU runs: keep each step's working memory instead of faulting it in anew.
+
+XLA:CPU allocates one block of temporaries per execution of a jitted function with ``malloc``
+(about 1 GB for ``benchmarks/compare_hf.py``'s train step) and frees it when the execution ends.
+A block that large is above glibc's mmap threshold (at most 32 MiB): ``malloc`` maps fresh pages
+for it and ``free`` unmaps them, so every step page-faults and zero-fills the whole block again
+(about 260,000 page faults and half a second of kernel time per step there; docs/performance.md,
+"Host memory"). ``keep_cpu_buffers`` stops that:
+
+- glibc serves large blocks from its heap (``M_MMAP_MAX`` 0) and never trims the heap
+  (``M_TRIM_THRESHOLD`` at its maximum), so a freed block is there for the next step;
+- JAX runs CPU computations on the calling thread (``jax_cpu_enable_async_dispatch`` off): glibc's
+  per-thread arenas cannot hold blocks that large and map them whatever the settings, the main
+  thread's heap can. The Python loop then waits for each step; the data pipeline prefetches in its
+  own threads, so little host work is left to overlap.
+
+The cost: the process keeps the memory it has used at its peak until it exits. So it applies only
+when JAX computes on the CPU (not on GPU or TPU hosts) and only where glibc is the C library. The
+``gpt3-jax`` commands that run models (train, sample, eval) call it; code that imports our modules
+may call it too, before JAX creates its CPU client (the first use of a device).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+TRIM_MAX = 2**31 - 1  # mallopt takes an int
+
+
+def keep_cpu_buffers() -> bool:
+    """Keep XLA:CPU's per-step working memory mapped (module docstring). Returns whether it
+    applies: JAX computes on the CPU and the C library is glibc. Call before the first device use:
+    afterwards the dispatch mode is fixed, and the glibc settings alone do not help."""
+    import jax
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    jax.config.update("jax_cpu_enable_async_dispatch", False)  # read when the CPU client is made
+    if jax.default_backend() != "cpu":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_MAX))
+
+
+__all__ = ["keep_cpu_buffers"]
