@@ -4,7 +4,7 @@ XLA:CPU allocates one block of temporaries per execution of a jitted function wi
 (about 1 GB for ``benchmarks/compare_hf.py``'s train step) and frees it when the execution ends.
 A block that large is above glibc's mmap threshold (at most 32 MiB): ``malloc`` maps fresh pages
 for it and ``free`` unmaps them, so every step page-faults and zero-fills the whole block again
-(about 260,000 page faults and half a second of kernel time per step there; docs/performance.md,
+(about 255,000 page faults and half a second of kernel time per step there; docs/performance.md,
 "Host memory"). ``keep_cpu_buffers`` stops that:
 
 - glibc serves large blocks from its heap (``M_MMAP_MAX`` 0) and never trims the heap
@@ -17,7 +17,10 @@ for it and ``free`` unmaps them, so every step page-faults and zero-fills the wh
 The cost: the process keeps the memory it has used at its peak until it exits. So it applies only
 when JAX computes on the CPU (not on GPU or TPU hosts) and only where glibc is the C library. The
 ``gpt3-jax`` commands that run models (train, sample, eval) call it; code that imports our modules
-may call it too, before JAX creates its CPU client (the first use of a device).
+may call it too, before JAX creates its clients (the first use of a device): afterwards the CPU
+client's dispatch mode is fixed and it does nothing. Finding the backend creates the clients, so
+on a GPU or TPU host the CPU client (host-side arrays only) is left dispatching on the calling
+thread; the accelerator's computations are not affected.
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ TRIM_MAX = 2**31 - 1  # mallopt takes an int
 
 def keep_cpu_buffers() -> bool:
     """Keep XLA:CPU's per-step working memory mapped (module docstring). Returns whether it
-    applies: JAX computes on the CPU and the C library is glibc. Call before the first device use:
-    afterwards the dispatch mode is fixed, and the glibc settings alone do not help."""
+    applies: JAX computes on the CPU, the C library is glibc, and JAX has not made its clients yet
+    (afterwards the dispatch mode is fixed, and the glibc settings alone do not help)."""
     import jax
+    from jax._src import xla_bridge  # JAX has no public way to ask whether its clients exist
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if xla_bridge.backends_are_initialized():
         return False
     jax.config.update("jax_cpu_enable_async_dispatch", False)  # read when the CPU client is made
     if jax.default_backend() != "cpu":

@@ -21,7 +21,9 @@ SCRIPT = """
 import json, resource, sys
 import jax, jax.numpy as jnp
 from gpt3_jax.hostmem import keep_cpu_buffers
-kept = keep_cpu_buffers() if sys.argv[1] == "keep" else False
+if sys.argv[1] == "late":
+    jnp.zeros(1).block_until_ready()  # JAX's clients exist: too late to change the dispatch mode
+kept = keep_cpu_buffers() if sys.argv[1] in ("keep", "late") else False
 f = jax.jit(lambda x: jnp.tanh(jnp.tanh(x @ x.T) @ x).sum())
 x = jnp.ones((4096, 3072), jnp.float32)
 f(x).block_until_ready(); f(x).block_until_ready()
@@ -45,6 +47,10 @@ def test_keep_cpu_buffers_stops_the_per_call_page_faults() -> None:
     assert plain["faults_per_call"] > 10_000, plain
     assert kept["kept"] is True
     assert kept["faults_per_call"] < 1_000, kept
+
+
+def test_keep_cpu_buffers_says_when_it_comes_too_late() -> None:
+    assert _faults("late")["kept"] is False
 
 
 def test_only_the_program_changes_its_process(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

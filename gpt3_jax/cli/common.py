@@ -30,7 +30,7 @@ def add_host_memory_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def keep_cpu_buffers(args: argparse.Namespace) -> None:
+def keep_cpu_buffers_if_program(args: argparse.Namespace) -> None:
     """For the commands that run models: when ``gpt3-jax`` runs as the program (not ``main`` called
     from Python) and ``--plain-host-memory`` is not given, keep XLA:CPU's working memory between
     executions (``gpt3_jax.hostmem``). Call it before the first device use (after
