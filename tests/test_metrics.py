@@ -4,7 +4,11 @@ and the Weights & Biases tracker (offline: nothing leaves the machine)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +45,24 @@ def test_peak_flops_per_device_kind(device_kind: str, peak: float | None) -> Non
         assert mfu(1e9, 0.4 * 256 * peak / 1e9, device_kind, 256) == pytest.approx(0.4)
     else:
         assert mfu(1e9, 1e6, device_kind, 8) is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs PyTorch installed")
+def test_tensorboard_does_not_import_torch(tmp_path: Path) -> None:
+    """tensorboardX imports PyTorch when it is installed (seconds of every run's startup): the
+    writer keeps it out, and a torch imported before is left in place."""
+    code = (
+        "import sys; from gpt3_jax.training.metrics import MetricsWriter; "
+        "w = MetricsWriter(sys.argv[1]); w.write(1, {'loss': 1.0}); w.close(); "
+        "print('torch' in sys.modules)"
+    )
+    for i, (before, expected) in enumerate((("", "False"), ("import torch; ", "True"))):
+        run = subprocess.run(
+            [sys.executable, "-c", before + code, str(tmp_path / f"run{i}")],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )  # fmt: skip
+        assert run.stdout.split()[-1] == expected, run.stderr
+    assert len(list(tmp_path.glob("run*/events.out.tfevents.*"))) == 2
 
 
 @pytest.fixture(params=["local", "gs"])
@@ -104,8 +126,12 @@ def test_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         {"step": 2, "loss": 2.25},
     ]
     run_id = hashlib.sha256(str(workdir).encode()).hexdigest()[:16]
-    offline = sorted((workdir / "wandb").glob(f"offline-run-*-{run_id}"))
-    assert len(offline) == 2, "the resumed writer did not continue the same W&B run"
+    # a folder per writer, offline-run-<second it started>-<run id>, and -1 on when that is taken
+    offline = sorted((workdir / "wandb").glob("offline-run-*"))
+    pattern = rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?"
+    assert len(offline) == 2 and all(re.fullmatch(pattern, d.name) for d in offline), (
+        "the resumed writer did not continue the same W&B run"
+    )
     assert all((d / f"run-{run_id}.wandb").stat().st_size > 0 for d in offline)
     assert not list(workdir.glob("events.out.tfevents.*"))  # tensorboard was not asked for
     assert json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])["note"] == "not a number"

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import sys
 from typing import Any
 
 from gpt3_jax import paths
@@ -104,8 +105,21 @@ class _BucketEventFiles:
         pass  # a bucket has no folders to create
 
 
+def _import_tensorboardx_without_torch() -> None:
+    """tensorboardX, imported without PyTorch: it imports torch whenever torch is installed (for
+    torch tensors we never pass it), which costs seconds of startup. A torch already imported is
+    left alone."""
+    if "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+
+
 class _TensorBoard:
     def __init__(self, workdir: paths.Path, resume_step: int):
+        _import_tensorboardx_without_torch()
         from tensorboardX import SummaryWriter, record_writer
 
         if paths.is_remote(workdir):  # event files in a bucket: written through gpt3_jax.paths
