@@ -89,6 +89,18 @@ def test_nanogpt_checkout_runs_with_our_text_and_the_readme_setting(tmp_path: Pa
         run_nanogpt_checkout(tmp_path, text)
 
 
+def test_shakespeare_repeats_report_medians() -> None:
+    """``bench_shakespeare.py --repeats``: each program's median wall time, every run's beside it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_shakespeare import combine
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    runs = [{"val_loss": 1.88, "wall_s": w} for w in (70.0, 90.0, 65.0)]
+    assert combine(runs) == {"val_loss": 1.88, "wall_s": 70.0, "wall_s_runs": [70.0, 90.0, 65.0]}
+    assert combine(runs[:2])["wall_s"] == 80.0 and combine(runs[:1])["wall_s"] == 70.0
+
+
 @pytest.mark.slow
 def test_bench_loss_smoke_prints_both_forms() -> None:
     out = run_json("bench_loss.py")
