@@ -53,7 +53,7 @@ def run_ours(text: Path | None, workdir: Path, extra: list[str]) -> dict:
         "--no-progress",
     ]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=sys.stderr)  # stdout: the result only
     wall = time.perf_counter() - t0
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval_loss" in r]
