@@ -3,6 +3,7 @@ read from them. No speed is asserted: timings depend on the machine and its load
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -26,6 +27,15 @@ def run_json(script: str, *args: str) -> dict:
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, out.stdout
     return json.loads(lines[0])
+
+
+def import_benchmark(name: str):  # noqa: ANN201 - a module
+    """``benchmarks/NAME.py`` as a module (the scripts import their siblings by bare name)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def positive(x: float) -> bool:
@@ -59,11 +69,8 @@ def test_nanogpt_checkout_runs_with_our_text_and_the_readme_setting(tmp_path: Pa
     """``bench_shakespeare.py --nanogpt-dir``: nanoGPT's prepare.py finds our text (so it downloads
     nothing), train.py gets the README's CPU setting, and its last eval line is read. The checkout
     here is a stand-in with nanoGPT's layout whose scripts record what they were given."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from bench_shakespeare import NANOGPT_ARGS, run_nanogpt_checkout
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    bench = import_benchmark("bench_shakespeare")
+    NANOGPT_ARGS, run_nanogpt_checkout = bench.NANOGPT_ARGS, bench.run_nanogpt_checkout  # noqa: N806
     checkout = tmp_path / "nanoGPT"
     (checkout / "data" / "shakespeare_char").mkdir(parents=True)
     (checkout / "config").mkdir()
@@ -91,11 +98,7 @@ def test_nanogpt_checkout_runs_with_our_text_and_the_readme_setting(tmp_path: Pa
 
 def test_shakespeare_repeats_report_medians() -> None:
     """``bench_shakespeare.py --repeats``: each program's median wall time, every run's beside it."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from bench_shakespeare import combine
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    combine = import_benchmark("bench_shakespeare").combine
     runs = [{"val_loss": 1.88, "wall_s": w} for w in (70.0, 90.0, 65.0)]
     assert combine(runs) == {"val_loss": 1.88, "wall_s": 70.0, "wall_s_runs": [70.0, 90.0, 65.0]}
     assert combine(runs[:2])["wall_s"] == 80.0 and combine(runs[:1])["wall_s"] == 70.0

@@ -108,8 +108,8 @@ class _BucketEventFiles:
 def _import_tensorboardx_without_torch() -> None:
     """tensorboardX, imported without PyTorch: it imports torch whenever torch is installed (for
     torch tensors we never pass it), which costs seconds of startup. A torch already imported is
-    left alone."""
-    if "torch" not in sys.modules:
+    left alone, and once tensorboardX is imported there is nothing to do."""
+    if "torch" not in sys.modules and "tensorboardX" not in sys.modules:
         sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
         try:
             import tensorboardX  # noqa: F401
