@@ -9,10 +9,18 @@ for it and ``free`` unmaps them, so every step page-faults and zero-fills the wh
 
 - glibc serves large blocks from its heap (``M_MMAP_MAX`` 0) and never trims the heap
   (``M_TRIM_THRESHOLD`` at its maximum), so a freed block is there for the next step;
-- JAX runs CPU computations on the calling thread (``jax_cpu_enable_async_dispatch`` off): glibc's
-  per-thread arenas cannot hold blocks that large and map them whatever the settings, the main
-  thread's heap can. The Python loop then waits for each step; the data pipeline prefetches in its
-  own threads, so little host work is left to overlap.
+- JAX runs CPU computations on the calling thread (``jax_cpu_enable_async_dispatch`` off), so the
+  per-execution block is allocated there, from the main heap: glibc's per-thread arenas are made of
+  heaps of at most 64 MiB and map any larger block whatever the settings. The Python loop then
+  waits for each step; the data pipeline prefetches in its own threads, so little host work is
+  left to overlap;
+- XLA:CPU's worker threads still allocate smaller buffers of their own (the packed operands of a
+  large matrix product: two of 48 MiB at once for a [4096, 3072] operand). Where those do not fit
+  in the worker arena's heap, glibc adds a heap and, by default, unmaps it again when it is empty,
+  so every call faults it in anew (about 12,300 faults per call in ``tests/test_hostmem.py``'s
+  function on one machine). glibc keeps an empty heap while the top padding (``M_TOP_PAD``) is
+  at least the heap size, so it is set to 64 MiB; the main heap then grows in steps of 64 MiB of
+  address space, which is only touched when used.
 
 The cost: the process keeps the memory it has used at its peak until it exits. So it applies only
 when JAX computes on the CPU (not on GPU or TPU hosts) and only where glibc is the C library. The
@@ -30,7 +38,9 @@ import platform
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
 M_MMAP_MAX = -4
+HEAP_MAX = 64 << 20  # glibc's per-thread heap size on 64-bit (2 x DEFAULT_MMAP_THRESHOLD_MAX)
 TRIM_MAX = 2**31 - 1  # mallopt takes an int
 
 
@@ -49,7 +59,8 @@ def keep_cpu_buffers() -> bool:
     if jax.default_backend() != "cpu":
         return False
     libc = ctypes.CDLL("libc.so.6")
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_MAX))
+    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_MAX), (M_TOP_PAD, HEAP_MAX))
+    return all([bool(libc.mallopt(param, value)) for param, value in settings])
 
 
 __all__ = ["keep_cpu_buffers"]
