@@ -60,7 +60,7 @@ def keep_cpu_buffers() -> bool:
         return False
     libc = ctypes.CDLL("libc.so.6")
     settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_MAX), (M_TOP_PAD, HEAP_MAX))
-    return all([bool(libc.mallopt(param, value)) for param, value in settings])
+    return all([bool(libc.mallopt(param, value)) for param, value in settings])  # a list: each one is set
 
 
 __all__ = ["keep_cpu_buffers"]

@@ -70,7 +70,6 @@ def test_nanogpt_checkout_runs_with_our_text_and_the_readme_setting(tmp_path: Pa
     nothing), train.py gets the README's CPU setting, and its last eval line is read. The checkout
     here is a stand-in with nanoGPT's layout whose scripts record what they were given."""
     bench = import_benchmark("bench_shakespeare")
-    NANOGPT_ARGS, run_nanogpt_checkout = bench.NANOGPT_ARGS, bench.run_nanogpt_checkout  # noqa: N806
     checkout = tmp_path / "nanoGPT"
     (checkout / "data" / "shakespeare_char").mkdir(parents=True)
     (checkout / "config").mkdir()
@@ -88,12 +87,12 @@ def test_nanogpt_checkout_runs_with_our_text_and_the_readme_setting(tmp_path: Pa
     )
     text = tmp_path / "text.txt"
     text.write_text("to be or not")
-    out = run_nanogpt_checkout(checkout, text)
+    out = bench.run_nanogpt_checkout(checkout, text)
     assert out["val_loss"] == 1.88 and out["step"] == 2000 and positive(out["wall_s"])
-    assert out["command"] == "train.py config/train_shakespeare_char.py " + " ".join(NANOGPT_ARGS)
+    assert out["command"] == "train.py config/train_shakespeare_char.py " + " ".join(bench.NANOGPT_ARGS)
     assert not (checkout / "data" / "shakespeare_char" / "input.txt").exists()  # the checkout is untouched
     with pytest.raises(SystemExit, match="not a nanoGPT checkout"):
-        run_nanogpt_checkout(tmp_path, text)
+        bench.run_nanogpt_checkout(tmp_path, text)
 
 
 def test_shakespeare_repeats_report_medians() -> None:
