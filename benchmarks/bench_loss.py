@@ -14,10 +14,9 @@ alternating, medians. ``*_ratio``: without the select ÷ with it (> 1: skipping 
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
-from common import load_average, machine_info, rounded, timed
+from common import load_average, machine_info, print_row, timed
 from compare_hf import FULL, SMOKE, ours_trainer
 
 
@@ -88,12 +87,7 @@ def main() -> None:
         "config": shape,
         **machine_info(load_average_before=before),
     }
-    row = rounded(row)
-    if args.json:
-        print(json.dumps(row))
-        return
-    for key, value in row.items():
-        print(f"{key:>22}: {value}")
+    print_row(row, args.json)
 
 
 if __name__ == "__main__":

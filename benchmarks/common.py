@@ -10,6 +10,7 @@ the load it was measured under: on a shared machine PyTorch slows far more under
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -226,3 +227,14 @@ def decode_comparison(
 def rounded(row: dict[str, Any], digits: int = 3) -> dict[str, Any]:
     """``row`` with its floats rounded, for printing."""
     return {k: round(v, digits) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def print_row(row: dict[str, Any], as_json: bool) -> None:
+    """``row`` rounded, as one JSON line or one ``key: value`` line per entry."""
+    row = rounded(row)
+    if as_json:
+        print(json.dumps(row))
+        return
+    width = max(map(len, row))
+    for key, value in row.items():
+        print(f"{key:>{width}}: {value}")

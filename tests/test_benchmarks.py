@@ -122,3 +122,14 @@ def test_bench_host_memory_smoke_runs_both_modes() -> None:
     for key in ("keep_faults_per_step", "plain_faults_per_step", "keep_sys_ms_per_step"):
         assert out[key] >= 0, key
     assert out["speedup"] == pytest.approx(out["keep_tok_s"] / out["plain_tok_s"], rel=1e-2)
+
+
+@pytest.mark.slow
+def test_bench_projection_smoke_times_both_forms() -> None:
+    out = run_json("bench_projection.py")
+    for piece in ("mlp", "unembed"):
+        for form in ("rows", "bt"):
+            assert positive(out[f"{piece}_{form}_ms"]), (piece, form)
+        assert out[f"{piece}_ratio"] == pytest.approx(
+            out[f"{piece}_bt_ms"] / out[f"{piece}_rows_ms"], rel=1e-2
+        )

@@ -272,3 +272,33 @@ def test_mask_vocab_masks_only_the_padding(size: int) -> None:
     ours, plain = loss_and_grad(lambda x: mask_vocab(x, size)), loss_and_grad(select)
     for a, b in zip(ours, plain, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "rows, plain, x_shape, w_shape",
+    [
+        ("md,df->mf", "btd,df->btf", (2, 5, 8), (8, 32)),
+        ("md,dknh->mknh", "btd,dknh->btknh", (2, 5, 8), (8, 3, 2, 4)),
+        ("mnh,nhd->md", "btnh,nhd->btd", (2, 5, 2, 4), (2, 4, 8)),
+        ("md,vd->mv", "btd,vd->btv", (3, 4, 8), (16, 8)),
+    ],
+)
+def test_project_is_the_einsum_over_batch_and_length(rows, plain, x_shape, w_shape) -> None:
+    """``project`` (batch and length merged into rows) gives the einsum over [b, t]: the same
+    result, shape and gradients for activation and weight."""
+    from gpt3_jax.model.layers import project
+
+    kx, kw, kc = jax.random.split(jax.random.key(1), 3)
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+    want = jnp.einsum(plain, x, w)
+    got = project(rows, x, w)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    ct = jax.random.normal(kc, want.shape)  # a cotangent that weighs every output differently
+
+    def grads(f):
+        return jax.grad(lambda x, w: (f(x, w) * ct).sum(), argnums=(0, 1))(x, w)
+
+    ours, ref = grads(lambda x, w: project(rows, x, w)), grads(lambda x, w: jnp.einsum(plain, x, w))
+    for g, r in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)

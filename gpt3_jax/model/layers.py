@@ -50,6 +50,22 @@ def mask_vocab(logits: jax.Array, size: int) -> jax.Array:
     return jnp.where(jnp.arange(logits.shape[-1]) < size, logits, jnp.finfo(logits.dtype).min)
 
 
+def project(spec: str, x: jax.Array, w: jax.Array, **kwargs: object) -> jax.Array:
+    """``jnp.einsum(spec, x, w)`` for an activation x [b, t, ...] and a weight, with b and t merged
+    into one row axis ``m`` for the product: ``spec`` names that axis ``m`` (``"md,df->mf"``) and the
+    result comes back as [b, t, ...].
+
+    Written over rows, the weight's gradient is a product with one contracted axis (m), which
+    every backend runs as it lies. Over [b, t] it contracts two, and XLA:CPU first rewrites such a
+    product into the canonical one by transposing an operand together with the elementwise work
+    that makes it: in the MLP that alone made forward + backward 2.3x slower
+    (``benchmarks/bench_projection.py``). The merge is a free reshape: b is the major axis (and the
+    sharded one), t follows it."""
+    b, t = x.shape[:2]
+    y = jnp.einsum(spec, x.reshape(b * t, *x.shape[2:]), w, **kwargs)
+    return y.reshape(b, t, *y.shape[1:])
+
+
 def _normal(std: float) -> jax.nn.initializers.Initializer:
     return jax.nn.initializers.normal(stddev=std)
 
@@ -101,7 +117,7 @@ class Embed(nnx.Module):
     def unembed(self, x: jax.Array) -> jax.Array:
         """[b, t, d] → logits [b, t, v] in float32 (v is the padded vocabulary)."""
         w = self.wte[...].astype(x.dtype)
-        logits = jnp.einsum("btd,vd->btv", x, w, preferred_element_type=jnp.float32)
+        logits = project("md,vd->mv", x, w, preferred_element_type=jnp.float32)
         return constrain(logits, ("act_batch", "act_len", "act_vocab"), self.rules)
 
 
@@ -134,7 +150,7 @@ class Attention(nnx.Module):
     def qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """[b, t, d] → q, k, v, each [b, n, t, h]."""
         w = self.c_attn_w[...].astype(self.dtype)
-        qkv = jnp.einsum("btd,dknh->btknh", x, w) + self.c_attn_b[...].astype(self.dtype)  # (b, t, 3, n, h)
+        qkv = project("md,dknh->mknh", x, w) + self.c_attn_b[...].astype(self.dtype)  # (b, t, 3, n, h)
         qkv = qkv.transpose(2, 0, 3, 1, 4)  # (3, b, n, t, h)
         q, k, v = constrain(qkv, (None, "act_batch", "act_heads", "act_len", None), self.rules)
         return q, k, v
@@ -143,7 +159,7 @@ class Attention(nnx.Module):
         """[b, n, t, h] → [b, t, d]."""
         w = self.c_proj_w[...].astype(self.dtype)
         y = y.transpose(0, 2, 1, 3)  # (b, t, n, h): a plain [b·t, n·h] × [n·h, d] product
-        return jnp.einsum("btnh,nhd->btd", y, w) + self.c_proj_b[...].astype(self.dtype)
+        return project("mnh,nhd->md", y, w) + self.c_proj_b[...].astype(self.dtype)
 
     def __call__(
         self, x: jax.Array, positions: jax.Array | None = None, cache: LayerCache | None = None
@@ -208,10 +224,10 @@ class MLP(nnx.Module):
         self.c_proj_b = param(rngs, _zeros, (d,), ("embed",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = jnp.einsum("btd,df->btf", x, self.c_fc_w[...].astype(self.dtype))
+        h = project("md,df->mf", x, self.c_fc_w[...].astype(self.dtype))
         h = jax.nn.gelu(h + self.c_fc_b[...].astype(self.dtype), approximate=True)
         h = constrain(h, ("act_batch", "act_len", "act_mlp"), self.rules)
-        out = jnp.einsum("btf,fd->btd", h, self.c_proj_w[...].astype(self.dtype))
+        out = project("mf,fd->md", h, self.c_proj_w[...].astype(self.dtype))
         return out + self.c_proj_b[...].astype(self.dtype)
 
 
