@@ -55,12 +55,13 @@ def project(spec: str, x: jax.Array, w: jax.Array, **kwargs: object) -> jax.Arra
     into one row axis ``m`` for the product: ``spec`` names that axis ``m`` (``"md,df->mf"``) and the
     result comes back as [b, t, ...].
 
-    Written over rows, the weight's gradient is a product with one contracted axis (m), which
-    every backend runs as it lies. Over [b, t] it contracts two, and XLA:CPU first rewrites such a
-    product into the canonical one by transposing an operand together with the elementwise work
-    that makes it: in the MLP that alone made forward + backward 2.3x slower
-    (``benchmarks/bench_projection.py``). The merge is a free reshape: b is the major axis (and the
-    sharded one), t follows it."""
+    Written over rows, the weight's gradient is a product with one contracted axis (m). Over
+    [b, t] it contracts two, and XLA:CPU first rewrites such a product into the canonical one by
+    transposing an operand together with the elementwise work that makes it: in the MLP that
+    alone made forward + backward 2x slower (``benchmarks/bench_projection.py``; measured on CPU
+    only). The merge is a free reshape: b is the major axis (and the sharded one), t follows it
+    (with ``act_len`` mapped to a mesh axis it would need a reshard; the default rules map it to
+    none)."""
     b, t = x.shape[:2]
     y = jnp.einsum(spec, x.reshape(b * t, *x.shape[2:]), w, **kwargs)
     return y.reshape(b, t, *y.shape[1:])
