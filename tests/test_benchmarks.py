@@ -133,3 +133,16 @@ def test_bench_projection_smoke_times_both_forms() -> None:
         assert out[f"{piece}_ratio"] == pytest.approx(
             out[f"{piece}_bt_ms"] / out[f"{piece}_rows_ms"], rel=1e-2
         )
+
+
+@pytest.mark.slow
+def test_bench_step_cores_smoke_times_both_on_each_core_count() -> None:
+    pytest.importorskip("torch")
+    out = run_json("bench_step_cores.py")
+    cores = sorted({1, len(os.sched_getaffinity(0))})
+    for n in cores:
+        assert positive(out[f"ours_ms_{n}"]) and positive(out[f"theirs_ms_{n}"]), n
+        assert out[f"ratio_{n}"] == pytest.approx(out[f"ours_ms_{n}"] / out[f"theirs_ms_{n}"], rel=1e-2)
+    if len(cores) > 1:
+        assert out["ours_scaling"] == pytest.approx(out["ours_ms_1"] / out[f"ours_ms_{cores[-1]}"], rel=1e-2)
+    assert len(out["machine"]["load_average"]) == 3
