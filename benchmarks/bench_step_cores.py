@@ -17,15 +17,13 @@ median of 5 timings of ``--steps`` steps.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import load_average, machine_info, print_row
+from common import alternating, child_value, load_average, machine_info, print_table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -73,8 +71,7 @@ def theirs_ms(steps: int, cores: int) -> float:
 def measure(which: str, cores: int, steps: int) -> float:
     """One pinned process's step time in ms."""
     cmd = [sys.executable, __file__, "--worker", which, "--cores", str(cores), "--steps", str(steps)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=HERE).stdout
-    return float(out.strip().splitlines()[-1])
+    return child_value(cmd, HERE)
 
 
 def main() -> None:
@@ -106,10 +103,7 @@ def main() -> None:
     start_load = load_average()
     row: dict = {}
     for n in cores:
-        runs: dict[str, list[float]] = {"ours": [], "theirs": []}
-        for _ in range(args.repeats):
-            for which in runs:  # alternate: a drift of the machine's speed hits both
-                runs[which].append(measure(which, n, args.steps))
+        runs = alternating(lambda which, n=n: measure(which, n, args.steps), ["ours", "theirs"], args.repeats)
         ours, theirs = statistics.median(runs["ours"]), statistics.median(runs["theirs"])
         row |= {f"ours_ms_{n}": ours, f"theirs_ms_{n}": theirs, f"ratio_{n}": ours / theirs}
         row |= {f"{k}_runs_{n}": [round(t, 2) for t in v] for k, v in runs.items()}
@@ -121,14 +115,13 @@ def main() -> None:
     import torch  # noqa: F401
 
     row["machine"] = machine_info(load_average_at_start=start_load)
+    lines = [
+        [str(n), f"{row[f'ours_ms_{n}']:.1f}", f"{row[f'theirs_ms_{n}']:.1f}", f"{row[f'ratio_{n}']:.2f}"]
+        for n in cores
+    ]
+    print_table(row, args.json, ["cores", "ours, ms/step", "PyTorch, ms/step", "ours / PyTorch"], lines)
     if args.json:
-        print_row(row, True)
         return
-    print(json.dumps(row["machine"]))
-    print("| cores | ours, ms/step | PyTorch, ms/step | ours / PyTorch |")
-    print("|--:|--:|--:|--:|")
-    for n in cores:
-        print(f"| {n} | {row[f'ours_ms_{n}']:.1f} | {row[f'theirs_ms_{n}']:.1f} | {row[f'ratio_{n}']:.2f} |")
     if len(cores) > 1:
         print(
             f"scaling {min(cores)} → {max(cores)} cores: ours {row['ours_scaling']:.2f}×, "

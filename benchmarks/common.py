@@ -238,3 +238,35 @@ def print_row(row: dict[str, Any], as_json: bool) -> None:
     width = max(map(len, row))
     for key, value in row.items():
         print(f"{key:>{width}}: {value}")
+
+
+def child_value(cmd: list[str], cwd: Any) -> float:
+    """Run one of a benchmark's own child processes (``cmd``) and return the number on the last
+    line of its stdout: a measurement taken in a fresh process, with nothing cached from others."""
+    import subprocess
+
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=cwd).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def alternating(measure: Callable[[str], float], names: list[str], repeats: int) -> dict[str, list[float]]:
+    """``measure(name)`` for each name in turn, ``repeats`` rounds: name → its measurements. A drift
+    of the machine's speed during the rounds then hits every name alike."""
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            runs[name].append(measure(name))
+    return runs
+
+
+def print_table(row: dict[str, Any], as_json: bool, header: list[str], lines: list[list[str]]) -> None:
+    """``row`` as one JSON line (``as_json``), else its ``machine`` entry as JSON and a Markdown
+    table of ``header`` and ``lines``, as docs/performance.md has them."""
+    if as_json:
+        print_row(row, True)
+        return
+    print(json.dumps(row["machine"]))
+    print("| " + " | ".join(header) + " |")
+    print("|---|" + "--:|" * (len(header) - 1))
+    for cells in lines:
+        print("| " + " | ".join(cells) + " |")
