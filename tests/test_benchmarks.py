@@ -146,3 +146,10 @@ def test_bench_step_cores_smoke_times_both_on_each_core_count() -> None:
     if len(cores) > 1:
         assert out["ours_scaling"] == pytest.approx(out["ours_ms_1"] / out[f"ours_ms_{cores[-1]}"], rel=1e-2)
     assert len(out["machine"]["load_average"]) == 3
+
+
+@pytest.mark.slow
+def test_bench_init_smoke_times_both_option_sets() -> None:
+    out = run_json("bench_init.py")
+    assert positive(out["tiny_xla_s"]) and positive(out["tiny_ours_s"])
+    assert out["tiny_speedup"] == pytest.approx(out["tiny_xla_s"] / out["tiny_ours_s"], rel=1e-2)

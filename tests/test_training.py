@@ -308,3 +308,23 @@ def test_profile_steps_write_a_trace(data: TextData, tmp_path: Path) -> None:
     assert any("train_step" in event.get("name", "") for event in perfetto["traceEvents"])
     with pytest.raises(UserError, match=r"train.profile_steps: got \[3, 2\]"):
         tiny_config(tmp_path, data, "train.profile_steps=[3,2]")
+
+
+def test_init_compiled_for_a_fast_compile_gives_the_same_state(tmp_path: Path) -> None:
+    """``init_state`` compiles the initialisation with LLVM's optimisations off on CPU: the state
+    equals the one the default compile makes, to float32 rounding, with the same shardings."""
+    from gpt3_jax.training.setup import setup
+    from gpt3_jax.training.state import init_compiler_options, init_state, make_init
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"run.workdir={tmp_path}", *TINY])
+    s = setup(cfg, jax.devices()[:1])
+    assert init_compiler_options("cpu") == {"xla_backend_optimization_level": 1}
+    assert init_compiler_options("gpu") == {} and init_compiler_options("tpu") == {}
+    with jax.set_mesh(s.mesh):
+        fast = init_state(cfg, s.tx, s.shardings)
+        plain = jax.jit(make_init(cfg, s.tx), out_shardings=s.shardings)(None)
+    assert jax.tree.structure(fast) == jax.tree.structure(plain)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+        assert a.sharding == b.sharding and a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+    assert max(float(np.abs(np.asarray(x)).max()) for x in jax.tree.leaves(fast.params)) > 0
