@@ -116,3 +116,31 @@ def test_cli_impl_that_cannot_run_is_one_line(capsys) -> None:
     assert main(["plan", "configs/tiny.yaml", "--devices", "8", "model.attention_impl=splash"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: model.attention_impl=splash needs a TPU") and err.count("\n") == 1
+
+
+def _softmax_then_values(q, k, v, mask):
+    """The textbook form: probabilities, then their product with v (padding rows zeroed)."""
+    logits = jnp.einsum("...th,...sh->...ts", q, k) * q.shape[-1] ** -0.5
+    probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
+    return jnp.einsum("...ts,...sh->...th", jnp.where(mask, probs, 0.0), v)
+
+
+def test_attend_equals_the_textbook_softmax_with_padding_rows() -> None:
+    """``attend`` (hidden logits -inf, the division after the product with v) is the plain
+    softmax-then-values, forward and gradients, and a query that sees no key gets zeros and
+    finite gradients."""
+    from gpt3_jax.model.attention import attend
+
+    q, k, v = _qkv(24, seed=3)
+    mask = jax.random.bernoulli(jax.random.key(5), 0.6, (2, 3, 24, 24)) | jnp.eye(24, dtype=bool)
+    mask = mask.at[:, :, 7].set(False)  # query 7 sees nothing (a padding query of the KV cache)
+    np.testing.assert_allclose(attend(q, k, v, mask), _softmax_then_values(q, k, v, mask), atol=2e-6)
+    assert not np.asarray(attend(q, k, v, mask))[:, :, 7].any()
+    cot = jax.random.normal(jax.random.key(9), q.shape)
+    grads = [
+        jax.grad(lambda q, k, v, f=f: jnp.sum(f(q, k, v, mask) * cot), argnums=(0, 1, 2))(q, k, v)
+        for f in (attend, _softmax_then_values)
+    ]
+    for a, b in zip(*grads, strict=True):
+        assert np.isfinite(np.asarray(a)).all()
+        np.testing.assert_allclose(a, b, atol=1e-5)

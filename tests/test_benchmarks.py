@@ -153,3 +153,11 @@ def test_bench_init_smoke_times_both_option_sets() -> None:
     out = run_json("bench_init.py")
     assert positive(out["tiny_xla_s"]) and positive(out["tiny_ours_s"])
     assert out["tiny_speedup"] == pytest.approx(out["tiny_xla_s"] / out["tiny_ours_s"], rel=1e-2)
+
+
+@pytest.mark.slow
+def test_bench_softmax_smoke_times_both_forms() -> None:
+    out = run_json("bench_softmax.py")
+    for form in ("attend", "textbook"):
+        assert positive(out[f"smoke_{form}_ms"]) and out[f"smoke_{form}_temp_mib"] >= 0, form
+    assert out["smoke_speedup"] == pytest.approx(out["smoke_textbook_ms"] / out["smoke_attend_ms"], rel=1e-2)

@@ -60,14 +60,19 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     leading (batch) axes, mask broadcastable to [..., t, s] → [..., t, h].
 
     Logits and softmax run in float32 whatever the compute dtype; a row with no visible key (a
-    padding query) gives zeros rather than NaN.
+    padding query) gives zeros rather than NaN. Hidden keys' logits are -inf, so their weights are
+    exactly 0 and the weights (``exp(logits - max)``) are the only [t, s] value the backward pass
+    keeps; the softmax's division is applied to the [t, h] output, after the product with v.
     """
     scale = q.shape[-1] ** -0.5
     logits = jnp.einsum("...th,...sh->...ts", q, k, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = jnp.where(mask, probs, 0.0).astype(v.dtype)
-    return jnp.einsum("...ts,...sh->...th", probs, v)
+    logits = jnp.where(mask, logits, -jnp.inf)
+    top = logits.max(axis=-1, keepdims=True)
+    top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))  # no visible key: all -inf
+    weights = jnp.exp(logits - top)
+    total = weights.sum(axis=-1, keepdims=True)
+    out = jnp.einsum("...ts,...sh->...th", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (out / jnp.where(total > 0, total, 1.0)).astype(v.dtype)
 
 
 def key_ranges(t: int, window: int | None, block: int) -> list[tuple[int, int, list[tuple[int, int]]]]:
@@ -96,9 +101,11 @@ def blockwise(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int | None, b
         for ks, ke in chunks:
             mask = causal_mask(pos[qs:qe], pos[ks:ke], window)  # (tq, tk)
             s = jnp.einsum("bnth,bnsh->bnts", qb, k[:, :, ks:ke], preferred_element_type=jnp.float32)
-            s = jnp.where(mask, s * scale, jnp.finfo(jnp.float32).min)
-            m_new = jnp.maximum(m, s.max(-1, keepdims=True))
-            p = jnp.where(mask, jnp.exp(s - m_new), 0.0)
+            s = jnp.where(mask, s * scale, -jnp.inf)  # hidden: exp gives exactly 0
+            # the result does not depend on the running max (it cancels): no gradient through it;
+            # it starts finite, so a row with nothing visible yet gets exp(-inf) = 0, not NaN
+            m_new = jax.lax.stop_gradient(jnp.maximum(m, s.max(-1, keepdims=True)))
+            p = jnp.exp(s - m_new)
             correction = jnp.exp(m - m_new)
             total = total * correction + p.sum(-1, keepdims=True)
             pv = jnp.einsum(
