@@ -12,6 +12,10 @@ loss (the train step without the optimizer), jitted, on one fixed batch. Per rep
 (issue 11, docs/performance.md "Attention"): at T 2048, W 256, banded layers with ``blockwise``
 take ≤ 50 % of ``xla``'s time, dense layers no more than ``xla``. ``auto`` on CPU switches to
 ``blockwise`` at ``attention.CPU_BLOCKWISE_FROM`` positions, where the dense rows cross over.
+
+``--floor`` also times the same model with attention skipped (each layer's attention output is
+its values ``v``, patched in while the function is traced): the work both implementations share,
+so ``floor_ratio`` = that time ÷ ``xla``'s is the lowest ratio any attention could reach.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from unittest import mock
 
 import numpy as np
 from common import load_average, machine_info, rounded
@@ -52,8 +57,21 @@ def loss_and_grad(kind: str, impl: str, t: int, args: argparse.Namespace):
     return lambda: jax.block_until_ready(f(params))
 
 
+def without_attention(kind: str, t: int, args: argparse.Namespace):
+    """``loss_and_grad`` of the same model with each layer's attention replaced by its values,
+    compiled before the patch is undone (the floor of the ratio; ``--floor``)."""
+    from gpt3_jax.model import layers
+
+    with mock.patch.object(layers, "attention", lambda q, k, v, *_, **__: v):
+        fn = loss_and_grad(kind, "xla", t, args)
+        fn()
+    return fn
+
+
 def time_row(kind: str, t: int, args: argparse.Namespace) -> dict:
     fns = {impl: loss_and_grad(kind, impl, t, args) for impl in ("xla", "blockwise")}
+    if args.floor:
+        fns["none"] = without_attention(kind, t, args)
     for fn in fns.values():
         fn()  # compile
     times: dict[str, list[float]] = {impl: [] for impl in fns}
@@ -63,12 +81,15 @@ def time_row(kind: str, t: int, args: argparse.Namespace) -> dict:
             fn()
             times[impl].append(time.perf_counter() - t0)
     xla, block = (float(np.median(times[i])) for i in ("xla", "blockwise"))
-    return {
+    row = {
         "kind": kind, "T": t, "xla_s": xla, "blockwise_s": block, "ratio": block / xla,
         "xla_s_each": [round(x, 4) for x in times["xla"]],
         "blockwise_s_each": [round(x, 4) for x in times["blockwise"]],
-        "load_average": load_average(),
     }  # fmt: skip
+    if args.floor:
+        none = float(np.median(times["none"]))
+        row |= {"no_attention_s": none, "floor_ratio": none / xla}
+    return row | {"load_average": load_average()}
 
 
 def main() -> None:
@@ -85,6 +106,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--block", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--floor", action="store_true", help="also time the model without attention")
     args = parser.parse_args()
     if args.smoke:
         args.lengths, args.layers, args.d_model, args.heads, args.vocab = [64], 1, 32, 2, 64

@@ -19,7 +19,9 @@ Conventions:
   - ``flops_per_token`` counts what the attention implementation computes
     (``model.attention_impl`` as resolved on this backend): ``xla`` scores every key, k = T;
     ``blockwise`` and ``splash`` the whole key chunks their band reaches
-    (``model.attention.blocks_computed``); ``cudnn`` is counted as the band itself.
+    (``model.attention.blocks_computed``: ``blockwise`` in query blocks of
+    ``attention.query_block``, the window for a banded layer; ``splash`` in blocks of
+    ``model.attention_block``); ``cudnn`` is counted as the band itself.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def param_breakdown(cfg: ModelConfig) -> dict[str, int]:
 def attention_flops_per_token(cfg: ModelConfig, impl: str | None = None) -> float:
     """Training FLOPs per token of the score and value matmuls, summed over layers: the keys each
     query sees (``impl`` None) or what implementation ``impl`` computes (see the module)."""
-    from gpt3_jax.model.attention import blocks_computed
+    from gpt3_jax.model.attention import blocks_computed, query_block
 
     t, d = cfg.n_ctx, cfg.d_model
     total = 0.0
@@ -101,7 +103,9 @@ def attention_flops_per_token(cfg: ModelConfig, impl: str | None = None) -> floa
         window = min(cfg.local_window, t) if kind == "local" else None
         if impl == "xla":
             keys = t
-        elif impl in ("blockwise", "splash"):
+        elif impl == "blockwise":
+            keys = blocks_computed(t, window, query_block(t, window, cfg.attention_block))
+        elif impl == "splash":  # its blocks are attention_block whatever the window
             keys = blocks_computed(t, window, min(cfg.attention_block, t))
         else:
             keys = t / 2 if window is None else window - window * window / (2 * t)

@@ -13,13 +13,27 @@ from flax import nnx
 
 from gpt3_jax.errors import UserError
 from gpt3_jax.model import GPT, attention
-from gpt3_jax.model.attention import _cudnn, blocks_computed, blockwise, key_ranges, resolve_impl, splash
+from gpt3_jax.model.attention import (
+    _cudnn,
+    blocks_computed,
+    blockwise,
+    key_ranges,
+    query_block,
+    resolve_impl,
+    splash,
+)  # fmt: skip
 
 WINDOWS = [None, 1, 6, 17, 64]
 
 
 def _qkv(t: int, h: int = 16, seed: int = 0) -> tuple[jax.Array, ...]:
     return tuple(jax.random.normal(jax.random.key(seed + i), (2, 3, t, h)) for i in range(3))
+
+
+def _grads(f, q, k, v):
+    """Gradients of f(q, k, v) · a fixed random cotangent, w.r.t. q, k and v."""
+    cot = jax.random.normal(jax.random.key(9), q.shape)
+    return jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * cot), argnums=(0, 1, 2))(q, k, v)
 
 
 def _reference(q, k, v, window):
@@ -33,24 +47,40 @@ def test_blockwise_equals_reference_forward_and_gradients(window, block) -> None
     np.testing.assert_allclose(
         blockwise(q, k, v, window=window, block=block), _reference(q, k, v, window), atol=2e-6
     )
-    cot = jax.random.normal(jax.random.key(9), q.shape)
+    ours = _grads(lambda q, k, v: blockwise(q, k, v, window=window, block=block), q, k, v)
+    ref = _grads(lambda q, k, v: _reference(q, k, v, window), q, k, v)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
-    def grads(f):
-        return jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * cot), argnums=(0, 1, 2))(q, k, v)
 
-    ours = grads(lambda q, k, v: blockwise(q, k, v, window=window, block=block))
-    ref = grads(lambda q, k, v: _reference(q, k, v, window))
+@pytest.mark.parametrize("window,block", [(70, 128), (100, 512), (None, 64)])
+def test_blockwise_with_window_sized_query_blocks_equals_reference(window, block) -> None:
+    """Bands wider than ``BAND_MIN_BLOCK`` take query blocks of the window (70 and 100 of 200
+    positions: the last block short); dense layers keep ``block``."""
+    q, k, v = _qkv(200)
+    assert query_block(200, window, block) == (block if window is None else window)
+    np.testing.assert_allclose(
+        blockwise(q, k, v, window=window, block=block), _reference(q, k, v, window), atol=2e-6
+    )
+    ours = _grads(lambda q, k, v: blockwise(q, k, v, window=window, block=block), q, k, v)
+    ref = _grads(lambda q, k, v: _reference(q, k, v, window), q, k, v)
     for a, b in zip(ours, ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_blockwise_plan_reads_only_the_band() -> None:
-    """T 2048, window 256, blocks of 256: each query block reads its own block and the one before
-    (2 × 256 keys, the first only 1), not the 2048 a masked T×T product computes."""
+    """T 2048, window 256: query blocks of 256 (the window, whatever ``block`` ≥ 256 is) each read
+    their own block and the one before (2 × 256 keys, the first only 1), not the 2048 a masked T×T
+    product computes, nor the 512 + 255 that query blocks of 512 would read."""
+    for block in (256, 512, 1024):
+        assert query_block(2048, 256, block) == 256
     plan = key_ranges(2048, 256, 256)
     assert [len(chunks) for _, _, chunks in plan] == [1] + [2] * 7
     assert plan[3] == (768, 1024, [(513, 769), (769, 1024)])
     assert blocks_computed(2048, 256, 256) == (256 * 256 + 7 * 256 * 511) / 2048
+    assert blocks_computed(2048, 256, 512) == (512 * 512 + 3 * 512 * 767) / 2048  # blocks of 512
+    assert query_block(2048, 256, 128) == 128  # at most ``block``
+    assert query_block(2048, 6, 512) == 64  # at least BAND_MIN_BLOCK
     assert blocks_computed(2048, None, 256) == sum(256 * 256 * (i + 1) for i in range(8)) / 2048  # half+
     # every visible key is read: a naive count of the band's keys per query never exceeds the plan
     for t, w, b in ((100, 7, 16), (64, None, 8), (50, 64, 16)):

@@ -57,11 +57,12 @@ def test_compare_hf_smoke_prints_the_ratios() -> None:
 
 @pytest.mark.slow
 def test_bench_attention_smoke_prints_both_ratios() -> None:
-    out = run_json("bench_attention.py")
+    out = run_json("bench_attention.py", "--floor")
     assert positive(out["banded_ratio"]) and positive(out["dense_ratio"])
     kinds = {(r["kind"], r["T"]) for r in out["rows"]}
     assert kinds == {("local", 64), ("dense", 64)}
     assert all(positive(r["xla_s"]) and positive(r["blockwise_s"]) for r in out["rows"])
+    assert all(positive(r["no_attention_s"]) and positive(r["floor_ratio"]) for r in out["rows"])
     assert len(out["load_average"]) == 3
 
 

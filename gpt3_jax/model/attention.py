@@ -7,9 +7,11 @@ position -1 (an empty cache slot, padding) are never seen. Every implementation 
 mask's attention; they differ in what they skip:
 
 - ``xla``: the reference. Scores for every (query, key) pair, masked: O(T²) work and temporaries.
-- ``blockwise`` (pure JAX, every backend): queries in blocks of ``block``; each block reads only
-  the keys its causal band can reach, in chunks of ``block`` combined by an online softmax. A
-  banded layer costs O(T·W), a dense one about half of ``xla``; temporaries O(T·block).
+- ``blockwise`` (pure JAX, every backend): queries in blocks; each block reads only the keys its
+  causal band can reach, in chunks as long as the block, combined by an online softmax. A dense
+  layer takes blocks of ``block`` and costs about half of ``xla``; a banded layer of window W
+  takes blocks of about W (``query_block``) and costs about 2W keys per query, O(T·W).
+  Temporaries O(T·block).
 - ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")`` on NVIDIA GPUs (bf16/fp16).
 - ``splash``: Pallas splash attention on TPU (its causal and local masks skip whole blocks).
 - ``auto``: picks by backend, dtype and shape (``resolve_impl``; measurements in
@@ -75,14 +77,28 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     return (out / jnp.where(total > 0, total, 1.0)).astype(v.dtype)
 
 
-def key_ranges(t: int, window: int | None, block: int) -> list[tuple[int, int, list[tuple[int, int]]]]:
-    """The blockwise plan: per query block [qs, qe), the key chunks [ks, ke) its band can reach
-    (each at most ``block`` long). Pure Python on static sizes; ``gpt3_jax.info`` counts from it."""
+# a banded layer's query blocks: the window, at least this many positions (a 6-key band in blocks
+# of 6 would be all overhead), at most ``block``
+BAND_MIN_BLOCK = 64
+
+
+def query_block(t: int, window: int | None, block: int) -> int:
+    """The query block ``blockwise`` uses: ``block`` for a dense layer; for a banded one the window
+    (between ``BAND_MIN_BLOCK`` and ``block``), so each query block reads two key chunks of about W
+    — 2W keys per query — where blocks of ``block`` > W read about ``block`` + W."""
+    size = block if window is None else min(block, max(window, BAND_MIN_BLOCK))
+    return min(size, t)
+
+
+def key_ranges(t: int, window: int | None, size: int) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """The blockwise plan for query blocks of ``size``: per query block [qs, qe), the key chunks
+    [ks, ke) its band can reach, each at most ``size`` long. Pure Python on static sizes;
+    ``gpt3_jax.info`` counts from it."""
     plan = []
-    for qs in range(0, t, block):
-        qe = min(qs + block, t)
+    for qs in range(0, t, size):
+        qe = min(qs + size, t)
         first = 0 if window is None else max(0, qs - window + 1)
-        chunks = [(ks, min(ks + block, qe)) for ks in range(first, qe, block)]
+        chunks = [(ks, min(ks + size, qe)) for ks in range(first, qe, size)]
         plan.append((qs, qe, chunks))
     return plan
 
@@ -93,7 +109,7 @@ def blockwise(q: jax.Array, k: jax.Array, v: jax.Array, *, window: int | None, b
     t, scale = q.shape[2], q.shape[-1] ** -0.5
     pos = jnp.arange(t)
     outs = []
-    for qs, qe, chunks in key_ranges(t, window, block):
+    for qs, qe, chunks in key_ranges(t, window, query_block(t, window, block)):
         qb = q[:, :, qs:qe]
         m = jnp.full(qb.shape[:3] + (1,), jnp.finfo(jnp.float32).min, jnp.float32)  # running max
         total = jnp.zeros(qb.shape[:3] + (1,), jnp.float32)  # running softmax denominator
@@ -249,10 +265,20 @@ def splash(q, k, v, *, window: int | None, block: int, interpret: bool = False) 
     return _splash(q, k, v, window=window, block=block, shard=None, interpret=interpret)
 
 
-def blocks_computed(t: int, window: int | None, block: int) -> float:
-    """Score entries per query that ``blockwise`` computes (the chunks it reads, whole)."""
-    plan = key_ranges(t, window, block)
+def blocks_computed(t: int, window: int | None, size: int) -> float:
+    """Score entries per query computed by reading, whole, the chunks ``key_ranges`` plans for
+    query blocks of ``size`` (``blockwise``: ``query_block``'s size)."""
+    plan = key_ranges(t, window, size)
     return sum((qe - qs) * sum(ke - ks for ks, ke in chunks) for qs, qe, chunks in plan) / t
 
 
-__all__ = ["IMPLS", "attend", "attention", "blocks_computed", "causal_mask", "key_ranges", "resolve_impl"]
+__all__ = [
+    "IMPLS",
+    "attend",
+    "attention",
+    "blocks_computed",
+    "causal_mask",
+    "key_ranges",
+    "query_block",
+    "resolve_impl",
+]
