@@ -21,7 +21,7 @@ from gpt3_jax.model.attention import (
     query_block,
     resolve_impl,
     splash,
-)  # fmt: skip
+)
 
 WINDOWS = [None, 1, 6, 17, 64]
 
@@ -40,25 +40,16 @@ def _reference(q, k, v, window):
     return attention(q, k, v, None, None, window=window, impl="xla")
 
 
-@pytest.mark.parametrize("window", WINDOWS)
-@pytest.mark.parametrize("block", [16, 40])
-def test_blockwise_equals_reference_forward_and_gradients(window, block) -> None:
-    q, k, v = _qkv(40)  # 40 positions: blocks of 16 are 3 (the last short), of 40 one
-    np.testing.assert_allclose(
-        blockwise(q, k, v, window=window, block=block), _reference(q, k, v, window), atol=2e-6
-    )
-    ours = _grads(lambda q, k, v: blockwise(q, k, v, window=window, block=block), q, k, v)
-    ref = _grads(lambda q, k, v: _reference(q, k, v, window), q, k, v)
-    for a, b in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+# (window, block, positions): at 40 positions blocks of 16 are 3 (the last short), of 40 one; at
+# 200, bands wider than BAND_MIN_BLOCK take query blocks of the window (70, 100: the last short)
+# and a dense layer keeps ``block``
+WIDE_BANDS = [(70, 128, 200), (100, 512, 200), (None, 64, 200)]
+BLOCKWISE_CASES = [(w, b, 40) for w in WINDOWS for b in (16, 40)] + WIDE_BANDS
 
 
-@pytest.mark.parametrize("window,block", [(70, 128), (100, 512), (None, 64)])
-def test_blockwise_with_window_sized_query_blocks_equals_reference(window, block) -> None:
-    """Bands wider than ``BAND_MIN_BLOCK`` take query blocks of the window (70 and 100 of 200
-    positions: the last block short); dense layers keep ``block``."""
-    q, k, v = _qkv(200)
-    assert query_block(200, window, block) == (block if window is None else window)
+@pytest.mark.parametrize("window,block,t", BLOCKWISE_CASES)
+def test_blockwise_equals_reference_forward_and_gradients(window, block, t) -> None:
+    q, k, v = _qkv(t)
     np.testing.assert_allclose(
         blockwise(q, k, v, window=window, block=block), _reference(q, k, v, window), atol=2e-6
     )
@@ -81,6 +72,8 @@ def test_blockwise_plan_reads_only_the_band() -> None:
     assert blocks_computed(2048, 256, 512) == (512 * 512 + 3 * 512 * 767) / 2048  # blocks of 512
     assert query_block(2048, 256, 128) == 128  # at most ``block``
     assert query_block(2048, 6, 512) == 64  # at least BAND_MIN_BLOCK
+    for window, block, t in WIDE_BANDS:
+        assert query_block(t, window, block) == (block if window is None else window)
     assert blocks_computed(2048, None, 256) == sum(256 * 256 * (i + 1) for i in range(8)) / 2048  # half+
     # every visible key is read: a naive count of the band's keys per query never exceeds the plan
     for t, w, b in ((100, 7, 16), (64, None, 8), (50, 64, 16)):
