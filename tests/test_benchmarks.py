@@ -162,3 +162,12 @@ def test_bench_softmax_smoke_times_both_forms() -> None:
     for form in ("attend", "textbook"):
         assert positive(out[f"smoke_{form}_ms"]) and out[f"smoke_{form}_temp_mib"] >= 0, form
     assert out["smoke_speedup"] == pytest.approx(out["smoke_textbook_ms"] / out["smoke_attend_ms"], rel=1e-2)
+
+
+@pytest.mark.slow
+def test_bench_gelu_smoke_times_both_forms() -> None:
+    out = run_json("bench_gelu.py")
+    for form in ("ours", "autodiff"):
+        assert positive(out[f"{form}_ms"]), form
+        assert positive(out[f"{form}_temp_mib"]), form
+    assert out["ratio"] == pytest.approx(out["autodiff_ms"] / out["ours_ms"], rel=1e-2)

@@ -302,3 +302,29 @@ def test_project_is_the_einsum_over_batch_and_length(rows, plain, x_shape, w_sha
     ours, ref = grads(lambda x, w: project(rows, x, w)), grads(lambda x, w: jnp.einsum(plain, x, w))
     for g, r in zip(ours, ref, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gelu_is_jax_tanh_gelu_in_value_and_derivatives(dtype) -> None:
+    """The hand-differentiated ``gelu`` gives ``jax.nn.gelu(approximate=True)`` in float32: values,
+    reverse-mode gradients (and value_and_grad's primal) and forward-mode tangents, over a range
+    where the tanh saturates on both sides; in bfloat16 the same to bfloat16's rounding."""
+    from gpt3_jax.model.layers import gelu
+
+    x = (jax.random.normal(jax.random.key(3), (4, 257)) * 4).astype(dtype)
+    ct = jax.random.normal(jax.random.key(4), x.shape).astype(dtype)
+
+    def ref(z):  # the formula autodiff differentiates, in float32
+        return jax.nn.gelu(z.astype(jnp.float32), approximate=True)
+
+    def loss(f):
+        return jax.value_and_grad(lambda z: (f(z).astype(jnp.float32) * ct.astype(jnp.float32)).sum())(x)
+
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+    assert gelu(x).dtype == dtype
+    np.testing.assert_allclose(np.float32(gelu(x)), ref(x), **tol)
+    (y, g), (y_ref, g_ref) = loss(gelu), loss(ref)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5 if dtype == jnp.float32 else 1e-2)
+    np.testing.assert_allclose(np.float32(g), np.float32(g_ref), **tol)
+    tangent, tangent_ref = (jax.jvp(f, (x,), (ct,))[1] for f in (gelu, ref))
+    np.testing.assert_allclose(np.float32(tangent), np.float32(tangent_ref), **tol)

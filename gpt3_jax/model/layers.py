@@ -67,6 +67,36 @@ def project(spec: str, x: jax.Array, w: jax.Array, **kwargs: object) -> jax.Arra
     return y.reshape(b, t, *y.shape[1:])
 
 
+_GELU_C = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_A = 0.044715
+
+
+def _gelu_and_slope(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """GPT-2's tanh GELU of x and its derivative, computed in float32 with one tanh."""
+    x32 = x.astype(jnp.float32)
+    t = jnp.tanh(_GELU_C * (x32 + _GELU_A * x32**3))
+    y = 0.5 * x32 * (1 + t)
+    slope = 0.5 * (1 + t) + 0.5 * x32 * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_A * x32 * x32)
+    return y.astype(x.dtype), slope.astype(x.dtype)
+
+
+@jax.custom_jvp
+def gelu(x: jax.Array) -> jax.Array:
+    """GPT-2's tanh GELU (``jax.nn.gelu(x, approximate=True)``, computed in float32), differentiated
+    by hand: its derivative is one elementwise pass sharing the forward's tanh, so reverse mode
+    keeps a single array (the slope) for the backward, where autodiff of the formula keeps several
+    intermediates of the MLP's width. With layers scanned each is a stacked residual
+    [layers, b·t, 4d], written in the forward and read in the backward (docs/performance.md)."""
+    return _gelu_and_slope(x)[0]
+
+
+@gelu.defjvp
+def _gelu_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    (x,), (dx,) = primals, tangents
+    y, slope = _gelu_and_slope(x)
+    return y, slope * dx
+
+
 def _normal(std: float) -> jax.nn.initializers.Initializer:
     return jax.nn.initializers.normal(stddev=std)
 
@@ -226,7 +256,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = project("md,df->mf", x, self.c_fc_w[...].astype(self.dtype))
-        h = jax.nn.gelu(h + self.c_fc_b[...].astype(self.dtype), approximate=True)
+        h = gelu(h + self.c_fc_b[...].astype(self.dtype))
         h = constrain(h, ("act_batch", "act_len", "act_mlp"), self.rules)
         out = project("mf,fd->md", h, self.c_proj_w[...].astype(self.dtype))
         return out + self.c_proj_b[...].astype(self.dtype)
