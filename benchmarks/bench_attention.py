@@ -11,7 +11,7 @@ loss (the train step without the optimizer), jitted, on one fixed batch. Per rep
 ``blockwise`` run back to back (they share the machine's load); times are medians. The target
 (issue 11, docs/performance.md "Attention"): at T 2048, W 256, banded layers with ``blockwise``
 take ≤ 50 % of ``xla``'s time, dense layers no more than ``xla``. ``auto`` on CPU switches to
-``blockwise`` at ``attention.CPU_BLOCKWISE_FROM`` positions, where the dense rows cross over.
+``blockwise`` at ``attention.CPU_BLOCKWISE_FROM`` positions (docs/performance.md, "Attention").
 
 ``--floor`` also times the same model with attention skipped (each layer's attention output is
 its values ``v``, patched in while the function is traced): the work both implementations share,

@@ -45,7 +45,7 @@ class ModelConfig:
     scan_layers: bool = True
     remat: str = "none"
     attention_impl: str = "auto"  # auto | xla | blockwise | cudnn | splash (docs/performance.md)
-    attention_block: int = 512  # query/key block of blockwise (banded layers: at most this) and splash
+    attention_block: int = 512  # most positions in a blockwise block (attention.query_block); splash block
     dropout: float = 0.0
     init_std: float = 0.02
     layer_norm_eps: float = 1e-5

@@ -44,7 +44,8 @@ def _reference(q, k, v, window):
 # 200, bands wider than BAND_MIN_BLOCK take query blocks of the window (70, 100: the last short)
 # and a dense layer keeps ``block``
 WIDE_BANDS = [(70, 128, 200), (100, 512, 200), (None, 64, 200)]
-BLOCKWISE_CASES = [(w, b, 40) for w in WINDOWS for b in (16, 40)] + WIDE_BANDS
+# dense at the default block: queries in blocks of DENSE_MIN_BLOCK (128, 128, then 44)
+BLOCKWISE_CASES = [(w, b, 40) for w in WINDOWS for b in (16, 40)] + WIDE_BANDS + [(None, 512, 300)]
 
 
 @pytest.mark.parametrize("window,block,t", BLOCKWISE_CASES)
@@ -72,6 +73,10 @@ def test_blockwise_plan_reads_only_the_band() -> None:
     assert blocks_computed(2048, 256, 512) == (512 * 512 + 3 * 512 * 767) / 2048  # blocks of 512
     assert query_block(2048, 256, 128) == 128  # at most ``block``
     assert query_block(2048, 6, 512) == 64  # at least BAND_MIN_BLOCK
+    # dense: a quarter of the sequence, at least DENSE_MIN_BLOCK (128), at most ``block`` and t
+    lengths = (64, 256, 300, 1024, 2048, 4096)
+    assert [query_block(t, None, 512) for t in lengths] == [64, 128, 128, 256, 512, 512]
+    assert query_block(1024, None, 64) == 64
     for window, block, t in WIDE_BANDS:
         assert query_block(t, window, block) == (block if window is None else window)
     assert blocks_computed(2048, None, 256) == sum(256 * 256 * (i + 1) for i in range(8)) / 2048  # half+
@@ -121,6 +126,8 @@ def test_model_with_blockwise_equals_model_with_xla(tiny_model_config) -> None:
 def test_auto_and_unavailable_choices() -> None:
     f32, bf16 = jnp.float32, jnp.bfloat16
     assert resolve_impl("auto", backend="cpu", dtype=f32, seq_len=64, d_head=64) == "xla"
+    assert resolve_impl("auto", backend="cpu", dtype=f32, seq_len=255, d_head=64) == "xla"
+    assert resolve_impl("auto", backend="cpu", dtype=f32, seq_len=256, d_head=64) == "blockwise"
     assert resolve_impl("auto", backend="cpu", dtype=f32, seq_len=2048, d_head=64) == "blockwise"
     assert resolve_impl("auto", backend="gpu", dtype=bf16, seq_len=2048, d_head=128) == "cudnn"
     assert resolve_impl("auto", backend="gpu", dtype=f32, seq_len=2048, d_head=128) == "blockwise"

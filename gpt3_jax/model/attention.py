@@ -40,7 +40,7 @@ from gpt3_jax.errors import UserError
 
 IMPLS = ("xla", "blockwise", "cudnn", "splash")
 # auto on CPU: blockwise from this many positions on (docs/performance.md, "Attention")
-CPU_BLOCKWISE_FROM = 1024
+CPU_BLOCKWISE_FROM = 256
 
 
 def causal_mask(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array:
@@ -80,14 +80,19 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
 # a banded layer's query blocks: the window, at least this many positions (a 6-key band in blocks
 # of 6 would be all overhead), at most ``block``
 BAND_MIN_BLOCK = 64
+# a dense layer's query blocks: a quarter of the sequence (so the causal skip leaves 10 of 16
+# blocks), at least this many positions, at most ``block`` (docs/performance.md, "Attention")
+DENSE_MIN_BLOCK = 128
 
 
 def query_block(t: int, window: int | None, block: int) -> int:
-    """The query block ``blockwise`` uses: ``block`` for a dense layer; for a banded one the window
-    (between ``BAND_MIN_BLOCK`` and ``block``), so each query block reads two key chunks of about W
-    — 2W keys per query — where blocks of ``block`` > W read about ``block`` + W."""
-    size = block if window is None else min(block, max(window, BAND_MIN_BLOCK))
-    return min(size, t)
+    """The query block ``blockwise`` uses, at most ``block`` and ``t``. For a dense layer a quarter
+    of ``t``, at least ``DENSE_MIN_BLOCK``: causal skipping then leaves 10 of 16 blocks to compute,
+    where one block of a short sequence computes all of it (T 2048 and block 512: 512). For a
+    banded one the window (at least ``BAND_MIN_BLOCK``), so each query block reads two key chunks
+    of about W — 2W keys per query — where blocks of ``block`` > W read about ``block`` + W."""
+    size = max(t // 4, DENSE_MIN_BLOCK) if window is None else max(window, BAND_MIN_BLOCK)
+    return min(size, block, t)
 
 
 def key_ranges(t: int, window: int | None, size: int) -> list[tuple[int, int, list[tuple[int, int]]]]:
