@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import load_average, machine_info, print_row, timed
+from common import alternating, load_average, machine_info, print_row, timed
 from compare_hf import FULL, SMOKE
 
 
@@ -60,11 +60,7 @@ def measure(shape: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str
         temp[form] = f.lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
         jax.block_until_ready(f(*args))  # compile
         calls[form] = lambda f=f: jax.block_until_ready(f(*args))
-    seconds: dict[str, list[float]] = {form: [] for form in calls}
-    for _ in range(repeats):
-        for form, call in calls.items():
-            seconds[form].append(timed(call))
-    return seconds, temp
+    return alternating(lambda form: timed(calls[form]), list(calls), repeats), temp
 
 
 def main() -> None:

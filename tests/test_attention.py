@@ -42,7 +42,7 @@ def _reference(q, k, v, window):
 
 # (window, block, positions): at 40 positions blocks of 16 are 3 (the last short), of 40 one; at
 # 200, bands wider than BAND_MIN_BLOCK take query blocks of the window (70, 100: the last short)
-# and a dense layer keeps ``block``
+# and a dense layer with ``block`` below DENSE_MIN_BLOCK keeps ``block``
 WIDE_BANDS = [(70, 128, 200), (100, 512, 200), (None, 64, 200)]
 # dense at the default block: queries in blocks of DENSE_MIN_BLOCK (128, 128, then 44)
 BLOCKWISE_CASES = [(w, b, 40) for w in WINDOWS for b in (16, 40)] + WIDE_BANDS + [(None, 512, 300)]
