@@ -42,6 +42,8 @@ _EXPORTS = {
     "UserError": "gpt3_jax.errors",
     # XLA:CPU runs: keep each step's working memory (gpt3_jax.hostmem)
     "keep_cpu_buffers": "gpt3_jax.hostmem",
+    # a persistent compilation cache for this process (gpt3_jax.compile_cache)
+    "use_compilation_cache": "gpt3_jax.compile_cache",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -10,6 +10,22 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def program_compilation_cache(tmp_path_factory: pytest.TempPathFactory):
+    """``gpt3-jax`` run as a program keeps a compilation cache (``gpt3_jax.compile_cache``); the
+    tests' subprocesses keep theirs in the session's temporary folder, not in the user's home.
+    This process's JAX read its environment when the test modules imported it: only the
+    subprocesses see the variable."""
+    import jax  # noqa: F401 - imported before the variable is set
+
+    key = "JAX_COMPILATION_CACHE_DIR"
+    old = os.environ.get(key)
+    os.environ.setdefault(key, str(tmp_path_factory.getbasetemp() / "program_xla_cache"))
+    yield
+    if old is None:
+        os.environ.pop(key, None)
+
+
 @pytest.fixture
 def shakespeare() -> Path:
     """tiny Shakespeare, as the package ships it (the embedded ``shakespeare`` corpus)."""

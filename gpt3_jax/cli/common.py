@@ -30,12 +30,18 @@ def add_host_memory_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def keep_cpu_buffers_if_program(args: argparse.Namespace) -> None:
-    """For the commands that run models: when ``gpt3-jax`` runs as the program (not ``main`` called
-    from Python) and ``--plain-host-memory`` is not given, keep XLA:CPU's working memory between
-    executions (``gpt3_jax.hostmem``). Call it before the first device use (after
-    ``distributed.initialize``)."""
-    if getattr(args, "own_process", False) and not args.plain_host_memory:
+def program_settings(args: argparse.Namespace) -> None:
+    """For the commands that run models, when ``gpt3-jax`` runs as the program (not ``main`` called
+    from Python, whose process is the caller's to configure): the persistent compilation cache
+    (``gpt3_jax.compile_cache``) and, unless ``--plain-host-memory`` is given, XLA:CPU's working
+    memory kept between executions (``gpt3_jax.hostmem``). Call it before the first device use
+    (after ``distributed.initialize``)."""
+    if not getattr(args, "own_process", False):
+        return
+    from gpt3_jax.compile_cache import use_compilation_cache
+
+    use_compilation_cache()
+    if not args.plain_host_memory:
         from gpt3_jax.hostmem import keep_cpu_buffers as keep
 
         keep()

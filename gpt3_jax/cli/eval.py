@@ -8,7 +8,7 @@ import json
 import math
 import sys
 
-from gpt3_jax.cli.common import add_host_memory_arg, keep_cpu_buffers_if_program
+from gpt3_jax.cli.common import add_host_memory_arg, program_settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.max_batches < 0 or args.seq_len < 0:
         raise UserError("--batch-size must be >= 1, --max-batches and --seq-len >= 0")
-    keep_cpu_buffers_if_program(args)
+    program_settings(args)
     if args.task:
         return _run_task(args)
     lm = load(args.checkpoint, tokenizer=args.tokenizer)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from gpt3_jax.cli.common import add_host_memory_arg, keep_cpu_buffers_if_program
+from gpt3_jax.cli.common import add_host_memory_arg, program_settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    keep_cpu_buffers_if_program(args)
+    program_settings(args)
     lm = load(args.checkpoint, tokenizer=args.tokenizer)
     prompt = _prompt(args, lm)
     lm.sampler.prepare([prompt], args.max_new_tokens)  # empty or too long: fail before compiling

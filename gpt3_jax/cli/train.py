@@ -10,7 +10,7 @@ from gpt3_jax.cli.common import (
     add_config_args,
     add_host_memory_arg,
     config_from_args,
-    keep_cpu_buffers_if_program,
+    program_settings,
 )
 
 HELP = """\
@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any JAX device use
-    keep_cpu_buffers_if_program(args)
+    program_settings(args)
     from gpt3_jax.checkpoint import SaveError
     from gpt3_jax.training.loop import DivergedError, train
 
