@@ -83,4 +83,4 @@ def use_compilation_cache(environ: Mapping[str, str] = os.environ) -> str | None
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_S)
     if not jax.config.jax_enable_compilation_cache:
         return None
-    return jax.config.jax_compilation_cache_dir
+    return jax.config.jax_compilation_cache_dir or None
