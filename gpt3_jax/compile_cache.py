@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 MIN_COMPILE_S = 0.1  # a compile this long is worth a file: the eval step and sampler's (~0.5 s) too
-FALSE = ("0", "false", "no", "off")
 
 
 def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -55,11 +54,8 @@ def default_dir(environ: Mapping[str, str]) -> Path:
 
 
 def chosen_dir(environ: Mapping[str, str]) -> Path | None:
-    """The folder the program should set, or None where JAX's own settings decide
-    (``JAX_COMPILATION_CACHE_DIR`` is set: its folder, or none when empty) or the cache is turned
-    off (``JAX_ENABLE_COMPILATION_CACHE``)."""
-    if environ.get("JAX_ENABLE_COMPILATION_CACHE", "").strip().lower() in FALSE:
-        return None
+    """The folder the program should set, or None where JAX's own setting decides
+    (``JAX_COMPILATION_CACHE_DIR`` is set: its folder, or none when empty)."""
     if "JAX_COMPILATION_CACHE_DIR" in environ:
         return None
     return default_dir(environ)
@@ -67,9 +63,13 @@ def chosen_dir(environ: Mapping[str, str]) -> Path | None:
 
 def use_compilation_cache(environ: Mapping[str, str] = os.environ) -> str | None:
     """Turn the cache on for this process (call it before the first compile); returns the folder
-    in use, or None. A default folder that cannot be created is skipped: the run goes on without."""
+    in use, or None. Off where JAX's ``jax_enable_compilation_cache`` is (JAX parses
+    ``JAX_ENABLE_COMPILATION_CACHE``). A default folder that cannot be created is skipped: the run
+    goes on without."""
     import jax
 
+    if not jax.config.jax_enable_compilation_cache:
+        return None
     folder = chosen_dir(environ)
     if folder is not None:
         try:
@@ -81,6 +81,4 @@ def use_compilation_cache(environ: Mapping[str, str] = os.environ) -> str | None
         jax.config.update("jax_compilation_cache_dir", str(folder))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_S)
-    if not jax.config.jax_enable_compilation_cache:
-        return None
     return jax.config.jax_compilation_cache_dir or None

@@ -33,13 +33,21 @@ def test_the_default_folder_is_under_the_user_cache_and_per_host_cpu() -> None:
     [
         {"JAX_COMPILATION_CACHE_DIR": "gs://bucket/xla"},  # JAX configures its own folder
         {"JAX_COMPILATION_CACHE_DIR": ""},  # set, empty: no folder
-        {"JAX_ENABLE_COMPILATION_CACHE": "false"},
-        {"JAX_ENABLE_COMPILATION_CACHE": "0"},
-        {"JAX_ENABLE_COMPILATION_CACHE": "False", "XDG_CACHE_HOME": "/x"},
+        {"JAX_COMPILATION_CACHE_DIR": "", "XDG_CACHE_HOME": "/x"},
     ],
 )
 def test_jax_variables_decide_when_set(environ: dict[str, str]) -> None:
     assert chosen_dir({"HOME": "/h", **environ}) is None
+
+
+def test_jax_cache_turned_off_makes_no_folder(tmp_path: Path) -> None:
+    """``JAX_ENABLE_COMPILATION_CACHE=false`` reaches us as JAX's parsed flag."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        assert use_compilation_cache({"XDG_CACHE_HOME": str(tmp_path)}) is None
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_host_cpu_tells_instruction_sets_apart(tmp_path: Path) -> None:
