@@ -6,15 +6,19 @@ told where). The ``gpt3-jax`` commands that run models (train, eval, sample) tur
 run as the program, as MaxText does; code that calls ``gpt3_jax.cli.main`` or our modules from
 Python configures its own process (``jax.config.update("jax_compilation_cache_dir", ...)``).
 
-Where: ``$XDG_CACHE_HOME/gpt3_jax/xla/<host CPU>/`` (``~/.cache/...`` without XDG_CACHE_HOME). The
+Where: ``$XDG_CACHE_HOME/gpt3_jax/compiled/<host CPU>/`` (``~/.cache/...`` without XDG_CACHE_HOME). The
 folder is per host CPU because JAX's cache key names the device kind but not the host's
 instruction set, and XLA:CPU compiles for the CPU it runs on: a home folder shared by machines
 of different CPUs must not hand one's executables to another. JAX's own environment variables
 decide when they are set: ``JAX_COMPILATION_CACHE_DIR`` (another folder, ``gs://`` too; empty: none),
 ``JAX_ENABLE_COMPILATION_CACHE=false`` (no cache), ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``
-(which compiles are kept: here those of at least ``MIN_COMPILE_S``, JAX's default is 1 s). The
-folder can be deleted at any time; it is not size-limited. As JAX's documentation warns, whoever
-can write to the folder can make the program run code: keep it private.
+(which compiles are kept: here those of at least ``MIN_COMPILE_S``, JAX's default is 1 s),
+``JAX_COMPILATION_CACHE_MAX_SIZE`` (bytes; -1: no limit). The default folder holds at most
+``MAX_BYTES``, the least recently used programs evicted first (JAX's LRU cache, which keeps an
+access-time file beside each entry and a lock file; hence a folder of its own, not one an
+unlimited cache wrote without access times). The folder can be deleted at any time. As JAX's
+documentation warns, whoever can write to the folder can make the program run code: keep it
+private.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 MIN_COMPILE_S = 0.1  # a compile this long is worth a file: the eval step and sampler's (~0.5 s) too
+MAX_BYTES = 2 << 30  # the default folder's limit: a CPU program is 0.1-10 MB, a pod's 100 MB or more
 
 
 def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -50,7 +55,7 @@ def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
 def default_dir(environ: Mapping[str, str]) -> Path:
     home = environ.get("HOME") or os.path.expanduser("~")
     base = environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
-    return Path(base) / "gpt3_jax" / "xla" / host_cpu()
+    return Path(base) / "gpt3_jax" / "compiled" / host_cpu()
 
 
 def chosen_dir(environ: Mapping[str, str]) -> Path | None:
@@ -65,7 +70,9 @@ def use_compilation_cache(environ: Mapping[str, str] = os.environ) -> str | None
     """Turn the cache on for this process (call it before the first compile); returns the folder
     in use, or None. Off where JAX's ``jax_enable_compilation_cache`` is (JAX parses
     ``JAX_ENABLE_COMPILATION_CACHE``). A default folder that cannot be created is skipped: the run
-    goes on without."""
+    goes on without. The default folder is limited to ``MAX_BYTES`` unless
+    ``JAX_COMPILATION_CACHE_MAX_SIZE`` says otherwise; a folder of the user's keeps JAX's default
+    (no limit), since JAX's eviction keeps files of its own beside the entries."""
     import jax
 
     if not jax.config.jax_enable_compilation_cache:
@@ -79,6 +86,8 @@ def use_compilation_cache(environ: Mapping[str, str] = os.environ) -> str | None
         if not os.access(folder, os.W_OK | os.X_OK):
             return None
         jax.config.update("jax_compilation_cache_dir", str(folder))
+        if "JAX_COMPILATION_CACHE_MAX_SIZE" not in environ:
+            jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_S)
     return jax.config.jax_compilation_cache_dir or None

@@ -12,7 +12,7 @@ import jax
 import pytest
 from test_training import cli_args, losses, make_text_data
 
-from gpt3_jax.compile_cache import chosen_dir, host_cpu, use_compilation_cache
+from gpt3_jax.compile_cache import MAX_BYTES, chosen_dir, host_cpu, use_compilation_cache
 
 CPUINFO = """processor\t: {n}
 vendor_id\t: GenuineIntel
@@ -24,8 +24,8 @@ flags\t\t: fpu sse2 {extra}
 
 def test_the_default_folder_is_under_the_user_cache_and_per_host_cpu() -> None:
     cpu = host_cpu()
-    assert chosen_dir({"HOME": "/h"}) == Path("/h/.cache/gpt3_jax/xla") / cpu
-    assert chosen_dir({"HOME": "/h", "XDG_CACHE_HOME": "/x"}) == Path("/x/gpt3_jax/xla") / cpu
+    assert chosen_dir({"HOME": "/h"}) == Path("/h/.cache/gpt3_jax/compiled") / cpu
+    assert chosen_dir({"HOME": "/h", "XDG_CACHE_HOME": "/x"}) == Path("/x/gpt3_jax/compiled") / cpu
 
 
 @pytest.mark.parametrize(
@@ -67,6 +67,28 @@ def test_a_folder_that_cannot_be_made_is_skipped(tmp_path: Path) -> None:
     assert jax.config.jax_compilation_cache_dir == before
 
 
+@pytest.fixture
+def jax_cache_config():
+    """Puts back the process's cache settings that ``use_compilation_cache`` changes."""
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_compilation_cache_max_size",
+        "jax_persistent_cache_min_compile_time_secs",
+    )
+    before = {n: getattr(jax.config, n) for n in names}
+    yield
+    for n, v in before.items():
+        jax.config.update(n, v)
+
+
+def test_the_default_folder_is_size_limited_unless_jax_says(tmp_path: Path, jax_cache_config) -> None:
+    assert use_compilation_cache({"XDG_CACHE_HOME": str(tmp_path)}) is not None
+    assert jax.config.jax_compilation_cache_max_size == MAX_BYTES
+    jax.config.update("jax_compilation_cache_max_size", -1)
+    use_compilation_cache({"XDG_CACHE_HOME": str(tmp_path), "JAX_COMPILATION_CACHE_MAX_SIZE": "-1"})
+    assert jax.config.jax_compilation_cache_max_size == -1
+
+
 def test_a_second_train_loads_its_programs_and_trains_the_same(tmp_path: Path) -> None:
     (tmp_path / "text").mkdir()
     data = make_text_data(tmp_path / "text")
@@ -80,8 +102,12 @@ def test_a_second_train_loads_its_programs_and_trains_the_same(tmp_path: Path) -
         )
         assert result.returncode == 0, result.stderr[-3000:]
         logs.append(result.stderr)
-    folder = tmp_path / "xdg" / "gpt3_jax" / "xla" / host_cpu()
-    assert any(p.name.startswith("jit_train_step-") for p in folder.iterdir())
+    folder = tmp_path / "xdg" / "gpt3_jax" / "compiled" / host_cpu()
+    names = [p.name for p in folder.iterdir()]
+    assert any(n.startswith("jit_train_step-") and n.endswith("-cache") for n in names)
+    # the size limit is on: JAX's LRU cache keeps an access time beside each entry, and a lock
+    assert ".lockfile" in names
+    assert any(n.startswith("jit_train_step-") and n.endswith("-atime") for n in names)
     hit = "Persistent compilation cache hit for 'jit_train_step'"
     assert hit not in logs[0] and hit in logs[1]
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
