@@ -158,6 +158,17 @@ def _relayout(tree: Any, cfg: Config, to_stored: bool) -> Any:
     return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, dict) and "groups" in x)
 
 
+def _stored(tree: Any, cfg: Config) -> Any:
+    """``tree`` (pure dicts) in the stored layout: for a per-layer model one jitted program that
+    stacks every parameter and moment (one compile, where stacking leaf by leaf compiled one per
+    leaf shape: 0.63 against 0.34 s at the shakespeare-char preset's first save); the arrays
+    themselves for a scanned model (a jitted identity would copy them)."""
+    return tree if cfg.model.scan_layers else _jit_stored(tree, cfg)
+
+
+_jit_stored = jax.jit(lambda tree, cfg: _relayout(tree, cfg, to_stored=True), static_argnums=1)
+
+
 def _fill(template: Any, pure: Any) -> Any:
     """``template`` (a tree holding NNX states) with each state's values taken from ``pure``."""
 
@@ -280,7 +291,7 @@ def save_params(
 
     ``tokenizer`` (a ``Tokenizer``, or a path ``load_tokenizer`` takes) is stored beside the steps."""
     root = paths.absolute(directory)
-    stored = _relayout(_pure(params), cfg, to_stored=True)
+    stored = _stored(_pure(params), cfg)
     mgr = manager(root, item_names=PARAMS_ONLY)
     mgr.save(
         step,
@@ -528,7 +539,7 @@ class Checkpointer:
     def save(self, state: Any, data_state: dict[str, Any]) -> None:
         """Start saving ``state`` (a ``TrainState``) at its step; returns once the arrays are off
         the devices."""
-        stored = _relayout(_pure({"params": state.params, "opt_state": state.opt_state}), self.cfg, True)
+        stored = _stored(_pure({"params": state.params, "opt_state": state.opt_state}), self.cfg)
         meta = {"step": state.step, "tokens": state.tokens, "rng": state.rng}
         step = int(state.step)
         with self._saving(step):

@@ -71,6 +71,21 @@ def test_scanned_and_per_layer_forward_and_gradients_agree(tiny_model_config):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-4), a, b)
 
 
+@pytest.mark.parametrize("scan", [True, False])
+def test_a_per_layer_models_checkpoint_loads_into_either_layout(tiny_model_config, tmp_path, scan):
+    """The save converts a per-layer model to the stored (stacked) layout in one jitted program;
+    loading gives back every parameter exactly, scanned or per layer."""
+    from gpt3_jax.checkpoint import load_model, save_params
+    from gpt3_jax.config import Config
+
+    per_layer = _build(dataclasses.replace(tiny_model_config, scan_layers=False))
+    save_params(tmp_path / "ckpt", Config(model=per_layer.cfg), nnx.state(per_layer, nnx.Param))
+    _, loaded = load_model(tmp_path / "ckpt", model_overrides={"scan_layers": scan})
+    want = nnx.state(per_layer if not scan else _with(per_layer, scan_layers=True), nnx.Param)
+    got = nnx.state(loaded, nnx.Param).to_pure_dict()
+    jax.tree.map(np.testing.assert_array_equal, got, want.to_pure_dict())
+
+
 @pytest.mark.parametrize("policy", ["full", "save_dots"])
 @pytest.mark.parametrize("scan", [True, False])
 def test_remat_gradients_equal_plain(tiny_model_config, policy, scan):
