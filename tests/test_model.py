@@ -319,6 +319,36 @@ def test_project_is_the_einsum_over_batch_and_length(rows, plain, x_shape, w_sha
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
+def test_attention_out_is_the_einsum_over_heads(tiny_model_config) -> None:
+    """``Attention.out`` (heads merged into one n·h axis for the product) is the einsum over
+    [n, h] plus the bias: the same values, and gradients for the activation, weight and bias."""
+    attn = Attention(tiny_model_config, "dense", rngs=nnx.Rngs(5))
+    cfg = tiny_model_config
+    y = jax.random.normal(jax.random.key(6), (2, cfg.n_head, 5, cfg.d_head))
+    w = jax.random.normal(jax.random.key(7), attn.c_proj_w[...].shape)
+    bias = jax.random.normal(jax.random.key(8), attn.c_proj_b[...].shape)
+    ct = jax.random.normal(jax.random.key(9), (2, 5, cfg.d_model))
+
+    graphdef, state = nnx.split(attn)
+
+    def ours(y, w, bias):
+        pure = state.to_pure_dict() | {"c_proj_w": w, "c_proj_b": bias}
+        traced = jax.tree.map(lambda x: x, state)
+        traced.replace_by_pure_dict(pure)
+        return nnx.merge(graphdef, traced).out(y)
+
+    def plain(y, w, bias):
+        return jnp.einsum("bnth,nhd->btd", y, w) + bias
+
+    np.testing.assert_allclose(ours(y, w, bias), plain(y, w, bias), rtol=1e-5, atol=1e-5)
+
+    def grads(f):
+        return jax.grad(lambda *a: (f(*a) * ct).sum(), argnums=(0, 1, 2))(y, w, bias)
+
+    for g, r in zip(grads(ours), grads(plain), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_gelu_is_jax_tanh_gelu_in_value_and_derivatives(dtype) -> None:
     """The hand-differentiated ``gelu`` gives ``jax.nn.gelu(approximate=True)`` in float32: values,

@@ -302,3 +302,35 @@ def test_a_model_vocabulary_larger_than_the_tokenizer_samples_and_scores_over_th
     logp -= logits.max(-1, keepdims=True)
     want = sum(logp[i, t] for i, t in enumerate(scored[1:]))
     assert lm.score(prompt).log_likelihood == pytest.approx(want, abs=1e-3)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_the_decode_loop_reads_the_output_projection_as_it_lies(scan_layers) -> None:
+    """The attention output projection c_proj_w [n, h, d] enters the compiled decode loop as stored:
+    no [h, n, d] transposed copy of it is made (XLA:CPU made one per layer and step, inside the
+    loop, when the product was written over [n, h] instead of the merged n·h)."""
+    from gpt3_jax.sampling import decode
+
+    n, h, layers = 2, 24, 6  # 3 repeats of the 2-layer pattern: n, h, n·h and 3 all differ
+    cfg = dataclasses.replace(CFG, n_head=n, d_model=n * h, n_layer=layers, scan_layers=scan_layers)
+    sampler = Sampler(GPT(cfg, rngs=nnx.Rngs(0)))
+    tokens, positions, _ = sampler.prepare([[5, 17, 3]], 8)
+    hlo = (
+        decode.generate.lower(
+            sampler.graphdef,
+            sampler.params,
+            tokens,
+            positions,
+            jax.random.key(0),
+            8,
+            method=Greedy(),
+            n=8,
+            s_max=16,
+            vocab=sampler.vocab,
+        )  # fmt: skip
+        .compile()
+        .as_text()
+    )
+    stack = rf"(?:{layers // 2},)?"  # scanned, stacked over the pattern's repeats
+    assert re.search(rf"f32\[{stack}{n},{h},{n * h}\]", hlo)  # the weight is there, as stored
+    assert not re.search(rf"f32\[(?:\d+,)*{h},{n},{n * h}\]", hlo)

@@ -187,10 +187,16 @@ class Attention(nnx.Module):
         return q, k, v
 
     def out(self, y: jax.Array) -> jax.Array:
-        """[b, n, t, h] → [b, t, d]."""
-        w = self.c_proj_w[...].astype(self.dtype)
-        y = y.transpose(0, 2, 1, 3)  # (b, t, n, h): a plain [b·t, n·h] × [n·h, d] product
-        return project("mnh,nhd->md", y, w) + self.c_proj_b[...].astype(self.dtype)
+        """[b, n, t, h] → [b, t, d], as one [b·t, n·h] × [n·h, d] product.
+
+        Heads are merged (n major, so a heads-sharded weight stays sharded the same way): over
+        [n, h] XLA:CPU copied the weight transposed to [h, n, d] in every decode step, inside the
+        loop (``tests/test_sampling.py::test_the_decode_loop_reads_the_output_projection_as_it_lies``).
+        """
+        b, n, t, h = y.shape
+        w = self.c_proj_w[...].astype(self.dtype).reshape(n * h, -1)
+        y = y.transpose(0, 2, 1, 3).reshape(b, t, n * h)  # (b, t, n·h)
+        return project("mf,fd->md", y, w) + self.c_proj_b[...].astype(self.dtype)
 
     def __call__(
         self, x: jax.Array, positions: jax.Array | None = None, cache: LayerCache | None = None
