@@ -327,7 +327,7 @@ def test_the_decode_loop_reads_the_output_projection_as_it_lies(scan_layers) -> 
             n=8,
             s_max=16,
             vocab=sampler.vocab,
-        )  # fmt: skip
+        )
         .compile()
         .as_text()
     )
